@@ -1,0 +1,195 @@
+"""Shared fixtures: settings on a temp database, a fleet of two instances, the app, a real server.
+
+Most tests run in-process through `app.test_app()` (the lifespan and its
+nursery run); end-to-end tests use `server`, which starts Hypercorn on a free
+loopback port and talks to it over real sockets with httpx.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+from functools import partial
+
+import httpx
+import pytest
+import trio
+
+from tracker.app import create_app
+from tracker.config import Settings
+from tracker.context import Tracker
+from tracker.server import serve
+from tracker.store import devices, instances
+
+
+@pytest.fixture
+def settings(tmp_path) -> Settings:
+    return Settings().replace(
+        server={"host": "127.0.0.1", "port": 0, "public_url": "http://tracker.test"},
+        storage={"path": str(tmp_path / "tracker.db")},
+        auth={"jwt_secret": secrets.token_urlsafe(48)},
+    )
+
+
+@dataclass
+class Tenant:
+    instance_id: str
+    device_token: str
+    ingest_key: str
+    admin_token: str
+    read_token: str
+    ingest_token: str
+
+
+@dataclass
+class Fleet:
+    a: Tenant
+    b: Tenant
+    super_admin_token: str
+
+
+def make_tenant(tracker: Tracker, name: str) -> Tenant:
+    instance = tracker.db.write_sync(instances.create, name)
+    device, key = tracker.db.write_sync(
+        devices.create, instance.id, f"{name.lower()}-truck-1", {"full_name": f"{name} Driver"}
+    )
+
+    def mint(scope: str) -> str:
+        return tracker.verifier.mint(
+            subject=f"{name}-{scope}", instances=[instance.id], scope=scope, ttl_seconds=3600
+        )
+
+    return Tenant(instance.id, device.token, key, mint("admin"), mint("read"), mint("ingest"))
+
+
+@pytest.fixture
+def app(settings):
+    return create_app(settings)
+
+
+@pytest.fixture
+def tracker(app) -> Tracker:
+    return app.extensions["tracker"]
+
+
+@pytest.fixture
+def fleet(tracker) -> Fleet:
+    return Fleet(
+        a=make_tenant(tracker, "Alpha"),
+        b=make_tenant(tracker, "Bravo"),
+        super_admin_token=tracker.verifier.mint(
+            subject="root", instances="*", scope="admin", ttl_seconds=3600
+        ),
+    )
+
+
+@pytest.fixture
+async def client(app):
+    """An in-process test client with the app's lifespan (and nursery) running."""
+    async with app.test_app() as test_app:
+        yield test_app.test_client()
+
+
+@dataclass
+class LiveServer:
+    url: str  # http://127.0.0.1:PORT
+    api: str  # url + api prefix
+    app: object
+    settings: Settings
+
+    @property
+    def ws(self) -> str:
+        return self.api.replace("http://", "ws://", 1)
+
+
+async def start_server(nursery: trio.Nursery, app, settings: Settings) -> LiveServer:
+    """Start the real server (Hypercorn's trio worker) on a free loopback port.
+
+    It runs until the nursery is cancelled, as it is at the end of each test.
+    """
+    binds = await nursery.start(partial(serve, app, settings, shutdown_trigger=trio.sleep_forever))
+    url = binds[0]
+    return LiveServer(url=url, api=url + settings.server.api_prefix, app=app, settings=settings)
+
+
+@pytest.fixture
+async def server(nursery, app, settings) -> LiveServer:
+    return await start_server(nursery, app, settings)
+
+
+@pytest.fixture
+async def http(server):
+    async with httpx.AsyncClient(base_url=server.api, timeout=10) as client:
+        yield client
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class ServerProcess:
+    """`tracker serve` in its own process, for tests that signal or kill it."""
+
+    def __init__(self, workdir, env: dict[str, str] | None = None):
+        import os
+
+        self.workdir = workdir
+        self.port = free_port()
+        self.env = {
+            **os.environ,
+            "TRACKER_SERVER_PORT": str(self.port),
+            "TRACKER_STORAGE_PATH": str(workdir / "tracker.db"),
+            **(env or {}),
+        }
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.process = None
+
+    def cli(self, *args: str) -> str:
+        import subprocess
+        import sys
+
+        result = subprocess.run(
+            [sys.executable, "-m", "tracker", *args],
+            cwd=self.workdir,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert result.returncode == 0, result.stderr
+        return result.stdout
+
+    def start(self) -> None:
+        import subprocess
+        import sys
+        import time
+
+        with open(self.workdir / "server.log", "ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "tracker", "serve"],
+                cwd=self.workdir,
+                env=self.env,
+                stdout=subprocess.DEVNULL,
+                stderr=log,
+            )
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            assert self.process.poll() is None, (self.workdir / "server.log").read_text()
+            try:
+                if httpx.get(self.url + "/api/v1/health", timeout=1).status_code == 200:
+                    return
+            except httpx.TransportError:
+                time.sleep(0.05)
+        raise AssertionError("server did not start")
+
+    def stop(self, signal_number: int) -> int:
+        self.process.send_signal(signal_number)
+        return self.process.wait(timeout=15)

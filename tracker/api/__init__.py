@@ -1,0 +1,68 @@
+"""The HTTP and WebSocket API, one module per resource, plus what every route shares.
+
+Shared here: who is calling (`authenticate`), and the query parameters many
+routes take (`pagination`, `time_style`), each refused with a 400 naming the
+bad value.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import wraps
+from typing import Any
+
+from quart import request
+
+from tracker.auth import Principal, Scope, bearer_token
+from tracker.context import current
+from tracker.errors import BadRequest
+
+MAX_PAGE_SIZE = 500
+DEFAULT_PAGE_SIZE = 50
+
+
+def requires(*scopes: Scope) -> Callable:
+    """Route decorator: authenticate first (before any body validation), pass `principal`."""
+
+    def decorator(handler: Callable) -> Callable:
+        @wraps(handler)
+        async def wrapper(*args: Any, **kwargs: Any) -> Any:
+            principal = await authenticate(*scopes)
+            return await handler(*args, principal=principal, **kwargs)
+
+        return wrapper
+
+    return decorator
+
+
+async def authenticate(*scopes: Scope) -> Principal:
+    """The caller's principal from the bearer token; 401 without one, 403 for a wrong scope."""
+    principal = current().verifier.verify(bearer_token(request.headers.get("Authorization")))
+    if scopes:
+        principal.require_scope(*scopes)
+    return principal
+
+
+def _int_arg(name: str, default: int) -> int:
+    raw = request.args.get(name)
+    if raw is None:
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise BadRequest(f"{name} must be an integer, got {raw[:40]!r}") from None
+
+
+def pagination() -> tuple[int, int]:
+    """(limit, offset) from the query: limit 1-500 (default 50), offset >= 0; else 400."""
+    limit = _int_arg("limit", DEFAULT_PAGE_SIZE)
+    offset = _int_arg("offset", 0)
+    if not 1 <= limit <= MAX_PAGE_SIZE:
+        raise BadRequest(f"limit must be between 1 and {MAX_PAGE_SIZE}, got {limit}")
+    if offset < 0:
+        raise BadRequest(f"offset must be 0 or more, got {offset}")
+    return limit, offset
+
+
+def page(items: list, total: int, limit: int, offset: int) -> dict:
+    return {"items": items, "total": total, "limit": limit, "offset": offset}

@@ -1,0 +1,93 @@
+"""Device registration over REST: create, rotate the ingest key, set the profile, delete.
+
+The ingest key is answered once, at registration or rotation, and stored
+hashed. Device reads (position, tracks, stats) live in api/positions.py; the
+display-name endpoints in api/metadata.py.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+from pydantic import BaseModel, ConfigDict, Field
+from quart import Blueprint
+from quart_schema import validate_request
+
+from tracker.api import requires
+from tracker.auth import Principal
+from tracker.context import current
+from tracker.errors import Conflict, NotFound
+from tracker.models import DisplayField, Profile, ShortText
+from tracker.store import devices, instances
+
+blueprint = Blueprint("devices", __name__)
+
+
+class DeviceCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    instance_id: str = Field(max_length=64)
+    device_token: ShortText | None = Field(None, min_length=1, max_length=128)
+    profile: Profile | None = None
+    display_field: DisplayField = "full_name"
+
+
+async def visible_device(principal: Principal, device_token: str) -> devices.Device:
+    """The device, when it exists in one of the caller's instances; else 404."""
+    device = await current().db.read(devices.get, device_token)
+    if device is None or not principal.may_access(device.instance_id):
+        raise NotFound("no such device")
+    return device
+
+
+@blueprint.post("/devices")
+@requires("admin")
+@validate_request(DeviceCreate)
+async def create_device(data: DeviceCreate, principal: Principal) -> tuple[dict, int]:
+    principal.require_instance(data.instance_id)
+    db = current().db
+    if await db.read(instances.get, data.instance_id) is None:
+        raise NotFound("no such instance")
+    token = data.device_token or str(uuid.uuid4())
+    profile = data.profile.as_dict() if data.profile else {}
+    try:
+        device, key = await db.write(
+            devices.create, data.instance_id, token, profile, data.display_field
+        )
+    except devices.DuplicateDevice:
+        raise Conflict("a device with this token already exists") from None
+    return {
+        "device_token": device.token,
+        "instance_id": device.instance_id,
+        "ingest_key": key,
+        "profile": device.profile,
+        "display_field": device.display_field,
+        "created_at": int(device.created_at),
+    }, 201
+
+
+@blueprint.post("/devices/<device_token>/ingest-key")
+@requires("admin")
+async def rotate_ingest_key(device_token: str, principal: Principal) -> dict:
+    await visible_device(principal, device_token)
+    key = await current().db.write(devices.rotate_ingest_key, device_token)
+    if key is None:
+        raise NotFound("no such device")
+    return {"device_token": device_token, "ingest_key": key}
+
+
+@blueprint.put("/devices/<device_token>/profile")
+@requires("admin")
+@validate_request(Profile)
+async def set_profile(device_token: str, data: Profile, principal: Principal) -> dict:
+    await visible_device(principal, device_token)
+    await current().db.write(devices.set_profile, device_token, data.as_dict())
+    return {"device_token": device_token, "profile": data.as_dict()}
+
+
+@blueprint.delete("/devices/<device_token>")
+@requires("admin")
+async def delete_device(device_token: str, principal: Principal) -> tuple[str, int]:
+    await visible_device(principal, device_token)
+    await current().db.write(devices.delete, device_token)
+    return "", 204

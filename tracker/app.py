@@ -1,0 +1,114 @@
+"""The app factory: wires settings, store, auth, hub and routes into one Quart-Trio app.
+
+`create_app(settings)` opens the database (applying migrations) and returns a
+fresh app; nothing lives at module level, so every test gets its own. The
+long-lived tasks (the writer, the sweepers) start in the app's nursery when
+its lifespan starts and stop with it.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+
+from quart import Quart, Response, request
+from quart_schema import QuartSchema
+from quart_trio import QuartTrio
+from quart_trio.wrappers import TrioRequest
+
+from tracker import __version__, jsoncodec
+from tracker.auth import GENERATED_SECRET_NAME, TokenVerifier
+from tracker.config import Settings
+from tracker.context import Tracker
+from tracker.errors import BadRequest, UnsupportedMediaType, register_error_handlers
+from tracker.store import Database, server_keys
+
+log = logging.getLogger("tracker")
+
+MAX_BODY_BYTES = 1024 * 1024
+BODY_TIMEOUT_SECONDS = 10
+
+
+def open_verifier(settings: Settings, db: Database) -> TokenVerifier:
+    """The token verifier, with the configured secret or the one kept in the database."""
+    auth = settings.auth
+    if auth.jwt_public_key_file or auth.jwt_secret:
+        return TokenVerifier(auth, auth.jwt_secret or None)
+    secret, created = db.write_sync(
+        server_keys.get_or_create, GENERATED_SECRET_NAME, lambda: secrets.token_urlsafe(48)
+    )
+    if created:
+        log.warning(
+            "auth.jwt_secret is empty: generated one and kept it in %s, so tokens "
+            "minted by `tracker token create` work; set TRACKER_AUTH_JWT_SECRET in production",
+            db.path,
+        )
+    return TokenVerifier(auth, secret)
+
+
+def create_app(settings: Settings, db: Database | None = None) -> Quart:
+    app = QuartTrio("tracker", static_folder=None)
+    app.request_class = StrictJSONRequest
+    app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
+    app.config["BODY_TIMEOUT"] = BODY_TIMEOUT_SECONDS
+    prefix = settings.server.api_prefix
+    QuartSchema(
+        app,
+        openapi_path=f"{prefix}/openapi.json",
+        redoc_ui_path=None,
+        scalar_ui_path=None,
+        swagger_ui_path=None,
+        info={"title": "tracker", "version": __version__},
+        security_schemes={"bearer": {"type": "http", "scheme": "bearer", "bearer_format": "JWT"}},
+    )
+    app.json = jsoncodec.OrjsonProvider(app)  # after QuartSchema, which sets its own
+    db = db or Database(settings.storage.path, settings.storage.synchronous)
+    tracker = Tracker(settings=settings, db=db, verifier=open_verifier(settings, db))
+    app.extensions["tracker"] = tracker
+    register_error_handlers(app)
+
+    from tracker.api import devices, health, instances
+
+    for module in (health, instances, devices):
+        app.register_blueprint(module.blueprint, url_prefix=prefix)
+
+    @app.before_request
+    async def _read_body_first() -> None:
+        # Reading the (bounded) body before any early answer keeps keep-alive
+        # connections clean: an unread body left behind would stall the next request.
+        if request.method in ("POST", "PUT", "PATCH", "DELETE"):
+            await request.get_data()
+            if request.content_length and not _body_type_allowed():
+                raise UnsupportedMediaType("send the body as application/json")
+
+    @app.after_request
+    async def _close_after_oversize(response: Response) -> Response:
+        if response.status_code == 413:
+            response.headers["Connection"] = "close"
+        return response
+
+    @app.after_serving
+    async def _close_db() -> None:
+        db.close()
+
+    return app
+
+
+class StrictJSONRequest(TrioRequest):
+    """A request whose JSON errors say what is wrong (Quart's say only "Bad Request")."""
+
+    async def get_json(self, force: bool = False, silent: bool = False, cache: bool = True):
+        if not (force or self.is_json):
+            return None
+        try:
+            return jsoncodec.loads(await self.get_data(cache=cache))
+        except jsoncodec.JSONDecodeError as error:
+            if silent:
+                return None
+            raise BadRequest(str(error)) from None
+
+
+def _body_type_allowed() -> bool:
+    if request.path.startswith("/ingest/") or request.path == "/":
+        return True  # phone apps: forms, JSON with or without a content type
+    return request.mimetype in ("application/json", "")

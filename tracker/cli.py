@@ -1,0 +1,183 @@
+"""The `tracker` command: parse options, call the library, print the answer.
+
+Commands that change data write to the same SQLite file as the server, with
+or without a server running; the server reads the database on every request,
+so it sees the change at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import uuid
+from collections.abc import Callable
+
+from tracker import __version__
+from tracker.auth import SCOPES, AuthConfigError, parse_ttl
+from tracker.config import ConfigError, Settings, load_settings
+from tracker.models import InvalidField, clean_text
+from tracker.store import Database, devices, instances
+
+log = logging.getLogger("tracker")
+
+
+class CommandError(Exception):
+    """A command cannot do what was asked; the message says why."""
+
+
+def _emit(args: argparse.Namespace, value: dict, text: str) -> None:
+    print(json.dumps(value) if getattr(args, "json", False) else text)
+
+
+def _open_database(settings: Settings) -> Database:
+    return Database(settings.storage.path, settings.storage.synchronous)
+
+
+def cmd_serve(args: argparse.Namespace, settings: Settings) -> None:
+    import trio
+
+    from tracker.app import create_app
+    from tracker.server import serve
+
+    app = create_app(settings)
+    log.info(
+        "tracker %s serving on http://%s:%s%s",
+        __version__,
+        settings.server.host,
+        settings.server.port,
+        settings.server.api_prefix,
+    )
+    trio.run(serve, app, settings)
+
+
+def cmd_demo(args: argparse.Namespace, settings: Settings) -> None:
+    from tracker.demo import run_demo
+
+    run_demo(settings, as_json=getattr(args, "json", False))
+
+
+def cmd_instance_create(args: argparse.Namespace, settings: Settings) -> None:
+    try:
+        name = clean_text(args.name, "name", max_length=200)
+    except InvalidField as error:
+        raise CommandError(str(error)) from None
+    db = _open_database(settings)
+    instance = db.write_sync(instances.create, name)
+    _emit(args, {"instance_id": instance.id, "name": instance.name}, instance.id)
+
+
+def _profile_from_name(name: str | None) -> dict[str, str]:
+    if not name:
+        return {}
+    first, _, last = name.strip().partition(" ")
+    profile = {"full_name": name.strip(), "first_name": first}
+    if last:
+        profile["last_name"] = last.strip()
+    return profile
+
+
+def cmd_device_add(args: argparse.Namespace, settings: Settings) -> None:
+    db = _open_database(settings)
+    if db.read_sync(instances.get, args.instance) is None:
+        raise CommandError(f"no instance {args.instance!r}")
+    try:
+        token = clean_text(args.token or str(uuid.uuid4()), "token", max_length=128)
+        profile = {k: clean_text(v, k) for k, v in _profile_from_name(args.name).items()}
+    except InvalidField as error:
+        raise CommandError(str(error)) from None
+    try:
+        device, key = db.write_sync(devices.create, args.instance, token, profile)
+    except devices.DuplicateDevice:
+        raise CommandError(f"a device {token!r} already exists") from None
+    _emit(
+        args,
+        {"device_token": device.token, "ingest_key": key, "instance_id": device.instance_id},
+        f"device_token: {device.token}\ningest_key:   {key}",
+    )
+
+
+def cmd_token_create(args: argparse.Namespace, settings: Settings) -> None:
+    from tracker.app import open_verifier
+
+    db = _open_database(settings)
+    if args.instance != "*" and db.read_sync(instances.get, args.instance) is None:
+        raise CommandError(f"no instance {args.instance!r}")
+    if args.device:
+        device = db.read_sync(devices.get, args.device)
+        if device is None or (args.instance != "*" and device.instance_id != args.instance):
+            raise CommandError(f"no device {args.device!r} in that instance")
+    try:
+        ttl = parse_ttl(args.ttl)
+        verifier = open_verifier(settings, db)
+        token = verifier.mint(
+            subject=args.subject,
+            instances="*" if args.instance == "*" else [args.instance],
+            scope=args.scope,
+            ttl_seconds=ttl,
+            device_token=args.device,
+        )
+    except (ValueError, AuthConfigError) as error:
+        raise CommandError(str(error)) from None
+    _emit(args, {"token": token, "scope": args.scope, "expires_in_seconds": ttl}, token)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--json", action="store_true", default=argparse.SUPPRESS, help="machine-readable output"
+    )
+    parser = argparse.ArgumentParser(
+        prog="tracker", description="Self-hosted realtime tracking server.", parents=[common]
+    )
+    parser.add_argument("--config", help="config file (default: tracker.toml, or $TRACKER_CONFIG)")
+    parser.add_argument("--version", action="version", version=f"tracker {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(parent, name: str, handler: Callable, help: str) -> argparse.ArgumentParser:
+        sub = parent.add_parser(name, help=help, description=help, parents=[common])
+        sub.set_defaults(handler=handler)
+        return sub
+
+    command(commands, "serve", cmd_serve, "run the server")
+    command(commands, "demo", cmd_demo, "run the server with a demo fleet driving")
+
+    instance = commands.add_parser("instance", help="manage instances (fleets)")
+    instance_commands = instance.add_subparsers(dest="action", required=True, metavar="ACTION")
+    create = command(instance_commands, "create", cmd_instance_create, "create an instance")
+    create.add_argument("name")
+
+    device = commands.add_parser("device", help="manage devices")
+    device_commands = device.add_subparsers(dest="action", required=True, metavar="ACTION")
+    add = command(device_commands, "add", cmd_device_add, "register a device, print its ingest key")
+    add.add_argument("--instance", required=True, help="instance id")
+    add.add_argument("--token", help="device token (default: a new UUID)")
+    add.add_argument("--name", help='display name, e.g. "First Last"')
+
+    token = commands.add_parser("token", help="mint access tokens")
+    token_commands = token.add_subparsers(dest="action", required=True, metavar="ACTION")
+    mint = command(token_commands, "create", cmd_token_create, "mint a JWT, printed alone")
+    mint.add_argument("--instance", required=True, help="instance id, or * for every instance")
+    mint.add_argument("--scope", required=True, choices=SCOPES)
+    mint.add_argument("--ttl", default="30d", help="lifetime, e.g. 30d, 12h (default 30d)")
+    mint.add_argument("--device", help="bind an ingest token to one device")
+    mint.add_argument("--subject", default="cli", help="the token's sub claim (default: cli)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        settings = load_settings(args.config)
+        args.handler(args, settings)
+    except (ConfigError, CommandError, AuthConfigError) as error:
+        print(f"tracker: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except KeyboardInterrupt:
+        raise SystemExit(130) from None

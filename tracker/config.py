@@ -1,0 +1,174 @@
+"""Typed settings from tracker.toml, overridden by TRACKER_<SECTION>_<KEY> variables.
+
+One `Settings` object is built at start and passed down; nothing deep inside
+the server reads the environment or the file again. A bad value (a port that
+is not a number, a key that no section has) fails at start with a message that
+names the key, so a typo never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tomllib
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+DEFAULT_CONFIG_FILE = "tracker.toml"
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; the message names the key."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ServerSettings(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=0, le=65535)
+    public_url: str = "http://127.0.0.1:8080"
+    api_prefix: str = "/api/v1"
+
+    @field_validator("api_prefix")
+    @classmethod
+    def _prefix_shape(cls, value: str) -> str:
+        value = value.rstrip("/")
+        if value and not value.startswith("/"):
+            raise ValueError("must start with '/' (or be empty)")
+        return value
+
+    @field_validator("public_url")
+    @classmethod
+    def _url_shape(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return value.rstrip("/")
+
+
+class StorageSettings(_Section):
+    path: str = "tracker.db"
+    synchronous: Literal["normal", "full"] = "normal"
+    retention_days: int = Field(90, ge=0)
+
+
+class AuthSettings(_Section):
+    jwt_secret: str = ""
+    jwt_public_key_file: str = ""
+    max_token_lifetime_days: int = Field(365, ge=1, le=3650)
+
+
+class IngestSettings(_Section):
+    osmand_port: int = Field(0, ge=0, le=65535)
+    auto_register_instance: str = ""
+
+
+class TripSettings(_Section):
+    split_gap_seconds: float = Field(300, gt=0)
+
+
+class SharingSettings(_Section):
+    push_interval_seconds: float = Field(5, ge=0)
+    road_factor: float = Field(1.3, ge=1)
+    arrival_radius_m: float = Field(75, ge=0)
+    rate_limit_per_minute: int = Field(60, ge=1)
+    max_expires_in_hours: float = Field(168, gt=0)
+    tile_url: str = "https://tile.openstreetmap.org/{z}/{x}/{y}.png"
+    tile_attribution: str = "© OpenStreetMap contributors"
+
+
+class RealtimeSettings(_Section):
+    auth_timeout_seconds: float = Field(5, gt=0)
+    ping_interval_seconds: float = Field(25, gt=0)
+    allowed_origins: list[str] = []
+
+
+class UserServiceSettings(_Section):
+    url: str = ""
+    token: str = ""
+    timeout_seconds: float = Field(5, gt=0)
+
+
+class Settings(_Section):
+    server: ServerSettings = ServerSettings()
+    storage: StorageSettings = StorageSettings()
+    auth: AuthSettings = AuthSettings()
+    ingest: IngestSettings = IngestSettings()
+    trips: TripSettings = TripSettings()
+    sharing: SharingSettings = SharingSettings()
+    realtime: RealtimeSettings = RealtimeSettings()
+    user_service: UserServiceSettings = UserServiceSettings()
+
+    def replace(self, **sections: dict) -> Settings:
+        """A copy with some keys changed, e.g. replace(server={"port": 0})."""
+        data = self.model_dump()
+        for section, values in sections.items():
+            data[section].update(values)
+        return _validate(data)
+
+
+def _env_overrides(environ: dict[str, str]) -> dict[str, dict[str, object]]:
+    """TRACKER_<SECTION>_<KEY> variables as {section: {key: value}}.
+
+    Section names may contain underscores (user_service), so each known
+    section is tried as a prefix. Lists are given as JSON (["a", "b"]).
+    """
+    overrides: dict[str, dict[str, object]] = {}
+    sections = Settings.model_fields
+    for name, raw in environ.items():
+        if not name.startswith("TRACKER_") or name == "TRACKER_CONFIG":
+            continue
+        rest = name[len("TRACKER_") :].lower()
+        for section in sorted(sections, key=len, reverse=True):
+            if rest.startswith(section + "_"):
+                key = rest[len(section) + 1 :]
+                model = sections[section].annotation
+                if key not in model.model_fields:
+                    raise ConfigError(f"{name}: [{section}] has no key {key!r}")
+                value: object = raw
+                if model.model_fields[key].annotation == list[str]:
+                    try:
+                        value = json.loads(raw)
+                    except ValueError:
+                        value = [item.strip() for item in raw.split(",") if item.strip()]
+                overrides.setdefault(section, {})[key] = value
+                break
+        else:
+            raise ConfigError(f"{name}: no config section matches this variable")
+    return overrides
+
+
+def _validate(data: dict) -> Settings:
+    try:
+        return Settings.model_validate(data)
+    except ValidationError as error:
+        problems = []
+        for item in error.errors():
+            key = ".".join(str(part) for part in item["loc"])
+            problems.append(f"{key}: {item['msg']} (got {item.get('input')!r})")
+        raise ConfigError("invalid configuration: " + "; ".join(problems)) from None
+
+
+def load_settings(
+    path: str | os.PathLike | None = None, environ: dict[str, str] | None = None
+) -> Settings:
+    """Read the config file (if any), apply environment overrides, validate."""
+    environ = dict(os.environ if environ is None else environ)
+    explicit = path is not None or "TRACKER_CONFIG" in environ
+    file = Path(path or environ.get("TRACKER_CONFIG") or DEFAULT_CONFIG_FILE)
+    data: dict[str, dict] = {}
+    if file.exists():
+        try:
+            data = tomllib.loads(file.read_text(encoding="utf-8"))
+        except tomllib.TOMLDecodeError as error:
+            raise ConfigError(f"{file}: not valid TOML: {error}") from None
+    elif explicit:
+        raise ConfigError(f"config file {file} does not exist")
+    for section, values in _env_overrides(environ).items():
+        if not isinstance(data.get(section, {}), dict):
+            raise ConfigError(f"[{section}] must be a table")
+        data.setdefault(section, {}).update(values)
+    return _validate(data)

@@ -1,0 +1,70 @@
+"""Runs the app under Hypercorn's trio worker, with the settings this stack needs.
+
+Hypercorn's defaults do not suit a server with thousands of sockets facing
+phones: the listen backlog is raised (200 simultaneous connects otherwise
+wait seconds on SYN retries), every read gets a deadline a little above
+twice the WebSocket ping interval (live clients answer pings, so they are
+never cut; stalled ones are), and WebSocket messages are capped at 4 KiB.
+SIGINT and SIGTERM stop the server cleanly: the shutdown trigger returns,
+Hypercorn closes connections, then the app's lifespan (and its nursery of
+background tasks) ends.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+from collections.abc import Awaitable, Callable
+
+import trio
+from hypercorn.config import Config as HypercornConfig
+from hypercorn.trio import serve as hypercorn_serve
+from quart import Quart
+
+from tracker.config import Settings
+
+log = logging.getLogger("tracker")
+
+LISTEN_BACKLOG = 2048
+WEBSOCKET_MAX_MESSAGE_BYTES = 4096
+GRACEFUL_TIMEOUT_SECONDS = 5
+
+
+def hypercorn_config(settings: Settings) -> HypercornConfig:
+    config = HypercornConfig()
+    config.bind = [f"{settings.server.host}:{settings.server.port}"]
+    if settings.ingest.osmand_port:
+        config.bind.append(f"{settings.server.host}:{settings.ingest.osmand_port}")
+    config.backlog = LISTEN_BACKLOG
+    config.read_timeout = int(2 * settings.realtime.ping_interval_seconds + 10)
+    config.websocket_max_message_size = WEBSOCKET_MAX_MESSAGE_BYTES
+    config.graceful_timeout = GRACEFUL_TIMEOUT_SECONDS
+    config.accesslog = None  # share tokens are in paths; they never go to a log
+    config.errorlog = logging.getLogger("hypercorn.error")
+    return config
+
+
+async def wait_for_stop_signal() -> None:
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for signum in signals:
+            log.info("received %s, shutting down", signal.Signals(signum).name)
+            return
+
+
+async def serve(
+    app: Quart,
+    settings: Settings,
+    *,
+    shutdown_trigger: Callable[[], Awaitable[None]] | None = None,
+    task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve until the shutdown trigger returns (default: SIGINT or SIGTERM).
+
+    Reports the bound addresses through task_status (for `nursery.start`).
+    """
+    await hypercorn_serve(
+        app,
+        hypercorn_config(settings),
+        shutdown_trigger=shutdown_trigger or wait_for_stop_signal,
+        task_status=task_status,
+    )

@@ -1,0 +1,137 @@
+"""The devices table: registration, ingest keys (hashed), profiles, display fields."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import sqlite3
+import time
+from dataclasses import dataclass, field
+
+from tracker import jsoncodec
+
+INGEST_KEY_BYTES = 24  # 192 bits, shown once, stored as a SHA-256 hash
+
+
+@dataclass(frozen=True)
+class Device:
+    token: str
+    instance_id: str
+    profile: dict[str, str] = field(default_factory=dict)
+    display_field: str = "full_name"
+    created_at: float = 0.0
+
+
+class DuplicateDevice(Exception):
+    """A device with this token already exists."""
+
+
+def new_ingest_key() -> str:
+    return secrets.token_urlsafe(INGEST_KEY_BYTES)
+
+
+def hash_ingest_key(key: str) -> str:
+    # The key is 192 random bits, so a fast hash is enough: there is nothing to brute-force.
+    return hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def _device(row: sqlite3.Row) -> Device:
+    return Device(
+        token=row["token"],
+        instance_id=row["instance_id"],
+        profile=jsoncodec.loads(row["profile"]),
+        display_field=row["display_field"],
+        created_at=row["created_at"],
+    )
+
+
+_COLUMNS = "token, instance_id, profile, display_field, created_at"
+
+
+def create(
+    conn: sqlite3.Connection,
+    instance_id: str,
+    token: str,
+    profile: dict[str, str] | None = None,
+    display_field: str = "full_name",
+) -> tuple[Device, str]:
+    """Register a device; returns it and its ingest key (the only time the key is seen)."""
+    key = new_ingest_key()
+    device = Device(
+        token=token,
+        instance_id=instance_id,
+        profile=dict(profile or {}),
+        display_field=display_field,
+        created_at=time.time(),
+    )
+    try:
+        conn.execute(
+            "INSERT INTO devices (token, instance_id, ingest_key_hash, profile, display_field,"
+            " created_at) VALUES (?, ?, ?, ?, ?, ?)",
+            (
+                device.token,
+                device.instance_id,
+                hash_ingest_key(key),
+                jsoncodec.dumps(device.profile).decode(),
+                device.display_field,
+                device.created_at,
+            ),
+        )
+    except sqlite3.IntegrityError:
+        raise DuplicateDevice(token) from None
+    return device, key
+
+
+def get(conn: sqlite3.Connection, token: str) -> Device | None:
+    row = conn.execute(f"SELECT {_COLUMNS} FROM devices WHERE token = ?", (token,)).fetchone()
+    return _device(row) if row else None
+
+
+def by_ingest_key(conn: sqlite3.Connection, key: str) -> Device | None:
+    row = conn.execute(
+        f"SELECT {_COLUMNS} FROM devices WHERE ingest_key_hash = ?", (hash_ingest_key(key),)
+    ).fetchone()
+    return _device(row) if row else None
+
+
+def rotate_ingest_key(conn: sqlite3.Connection, token: str) -> str | None:
+    key = new_ingest_key()
+    cursor = conn.execute(
+        "UPDATE devices SET ingest_key_hash = ? WHERE token = ?", (hash_ingest_key(key), token)
+    )
+    return key if cursor.rowcount else None
+
+
+def delete(conn: sqlite3.Connection, token: str) -> bool:
+    conn.execute("DELETE FROM share_sessions WHERE device_token = ?", (token,))
+    conn.execute("DELETE FROM positions WHERE device_token = ?", (token,))
+    conn.execute("DELETE FROM trips WHERE device_token = ?", (token,))
+    return conn.execute("DELETE FROM devices WHERE token = ?", (token,)).rowcount > 0
+
+
+def set_profile(conn: sqlite3.Connection, token: str, profile: dict[str, str]) -> bool:
+    cursor = conn.execute(
+        "UPDATE devices SET profile = ? WHERE token = ?",
+        (jsoncodec.dumps(profile).decode(), token),
+    )
+    return cursor.rowcount > 0
+
+
+def set_display_field(conn: sqlite3.Connection, token: str, display_field: str) -> bool:
+    cursor = conn.execute(
+        "UPDATE devices SET display_field = ? WHERE token = ?", (display_field, token)
+    )
+    return cursor.rowcount > 0
+
+
+def list_for_instance(
+    conn: sqlite3.Connection, instance_id: str, limit: int, offset: int
+) -> tuple[list[Device], int]:
+    total = conn.execute(
+        "SELECT count(*) FROM devices WHERE instance_id = ?", (instance_id,)
+    ).fetchone()[0]
+    rows = conn.execute(
+        f"SELECT {_COLUMNS} FROM devices WHERE instance_id = ? ORDER BY token LIMIT ? OFFSET ?",
+        (instance_id, limit, offset),
+    ).fetchall()
+    return [_device(row) for row in rows], total

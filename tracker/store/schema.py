@@ -1,0 +1,115 @@
+"""The schema, as numbered migrations recorded in the database (sqlite-utils Migrations).
+
+A migration is never edited once released: a change to the schema is a new
+function appended below, so an existing database file is brought forward at
+start, step by step.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+
+import sqlite_utils
+from sqlite_utils.migrations import Migrations
+
+migrations = Migrations("tracker")
+
+
+@migrations()
+def m001_initial(db: sqlite_utils.Database) -> None:
+    db.execute(
+        """
+        CREATE TABLE instances (
+            id TEXT PRIMARY KEY,
+            name TEXT NOT NULL,
+            created_at REAL NOT NULL
+        )"""
+    )
+    db.execute(
+        """
+        CREATE TABLE devices (
+            token TEXT PRIMARY KEY,
+            instance_id TEXT NOT NULL REFERENCES instances(id) ON DELETE CASCADE,
+            ingest_key_hash TEXT NOT NULL UNIQUE,
+            profile TEXT NOT NULL DEFAULT '{}',
+            display_field TEXT NOT NULL DEFAULT 'full_name',
+            created_at REAL NOT NULL,
+            last_position_id INTEGER
+        )"""
+    )
+    db.execute("CREATE INDEX devices_instance ON devices(instance_id, token)")
+    db.execute(
+        """
+        CREATE TABLE trips (
+            device_token TEXT NOT NULL REFERENCES devices(token) ON DELETE CASCADE,
+            track_token TEXT NOT NULL,
+            started_at REAL NOT NULL,
+            ended_at REAL NOT NULL,
+            distance_m REAL NOT NULL DEFAULT 0,
+            max_speed REAL,
+            waypoint_count INTEGER NOT NULL DEFAULT 0,
+            start_lat REAL NOT NULL,
+            start_lon REAL NOT NULL,
+            end_lat REAL NOT NULL,
+            end_lon REAL NOT NULL,
+            anchor_lat REAL NOT NULL,
+            anchor_lon REAL NOT NULL,
+            PRIMARY KEY (device_token, track_token)
+        )"""
+    )
+    db.execute("CREATE INDEX trips_device_time ON trips(device_token, ended_at)")
+    db.execute(
+        """
+        CREATE TABLE positions (
+            id INTEGER PRIMARY KEY,
+            device_token TEXT NOT NULL REFERENCES devices(token) ON DELETE CASCADE,
+            track_token TEXT NOT NULL,
+            ts REAL NOT NULL,
+            lat REAL NOT NULL,
+            lon REAL NOT NULL,
+            speed REAL,
+            heading REAL,
+            accuracy REAL,
+            altitude REAL,
+            battery REAL,
+            valid INTEGER NOT NULL DEFAULT 1,
+            attributes TEXT,
+            received_at REAL NOT NULL,
+            UNIQUE (device_token, ts)
+        )"""
+    )
+    db.execute("CREATE INDEX positions_trip ON positions(device_token, track_token, ts)")
+    db.execute("CREATE INDEX positions_ts ON positions(ts)")
+    db.execute(
+        """
+        CREATE TABLE share_sessions (
+            id TEXT PRIMARY KEY,
+            token_hash TEXT NOT NULL UNIQUE,
+            instance_id TEXT NOT NULL REFERENCES instances(id) ON DELETE CASCADE,
+            device_token TEXT NOT NULL REFERENCES devices(token) ON DELETE CASCADE,
+            status TEXT NOT NULL,
+            end_reason TEXT,
+            created_at REAL NOT NULL,
+            expires_at REAL NOT NULL,
+            ended_at REAL,
+            recipient_name TEXT,
+            notes TEXT,
+            order_id TEXT,
+            destination TEXT,
+            share_config TEXT NOT NULL DEFAULT '{}'
+        )"""
+    )
+    db.execute("CREATE INDEX share_sessions_instance ON share_sessions(instance_id, created_at)")
+    db.execute("CREATE INDEX share_sessions_status ON share_sessions(status, expires_at)")
+    db.execute(
+        """
+        CREATE TABLE server_keys (
+            name TEXT PRIMARY KEY,
+            value TEXT NOT NULL
+        )"""
+    )
+
+
+def migrate(conn: sqlite3.Connection) -> None:
+    """Apply every pending migration to the database behind conn."""
+    migrations.apply(sqlite_utils.Database(conn))
