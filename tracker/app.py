@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import secrets
 
+import trio
 from quart import Quart, Response, request
 from quart_schema import QuartSchema
 from quart_trio import QuartTrio
@@ -21,7 +22,10 @@ from tracker.auth import GENERATED_SECRET_NAME, TokenVerifier
 from tracker.config import Settings
 from tracker.context import Tracker
 from tracker.errors import BadRequest, UnsupportedMediaType, register_error_handlers
+from tracker.hub import Hub
+from tracker.retention import run_pruner
 from tracker.store import Database, server_keys
+from tracker.writer import Writer
 
 log = logging.getLogger("tracker")
 
@@ -63,14 +67,28 @@ def create_app(settings: Settings, db: Database | None = None) -> Quart:
     )
     app.json = jsoncodec.OrjsonProvider(app)  # after QuartSchema, which sets its own
     db = db or Database(settings.storage.path, settings.storage.synchronous)
-    tracker = Tracker(settings=settings, db=db, verifier=open_verifier(settings, db))
+    hub = Hub()
+    tracker = Tracker(
+        settings=settings,
+        db=db,
+        verifier=open_verifier(settings, db),
+        hub=hub,
+        writer=Writer(db, hub, settings.trips.split_gap_seconds),
+    )
     app.extensions["tracker"] = tracker
     register_error_handlers(app)
 
-    from tracker.api import devices, health, instances
+    from tracker.api import devices, health, ingest, instances, positions
 
-    for module in (health, instances, devices):
-        app.register_blueprint(module.blueprint, url_prefix=prefix)
+    for blueprint in (
+        health.blueprint,
+        instances.blueprint,
+        devices.blueprint,
+        positions.blueprint,
+        ingest.api_blueprint,
+    ):
+        app.register_blueprint(blueprint, url_prefix=prefix)
+    app.register_blueprint(ingest.apps_blueprint)
 
     @app.before_request
     async def _read_body_first() -> None:
@@ -87,11 +105,32 @@ def create_app(settings: Settings, db: Database | None = None) -> Quart:
             response.headers["Connection"] = "close"
         return response
 
+    @app.before_serving
+    async def _start_background() -> None:
+        tracker.background = await app.nursery.start(run_background, tracker)
+
     @app.after_serving
-    async def _close_db() -> None:
+    async def _stop_background() -> None:
+        if tracker.background is not None:
+            tracker.background.cancel()
+            await tracker.background_done.wait()
         db.close()
 
     return app
+
+
+async def run_background(
+    tracker: Tracker, *, task_status: trio.TaskStatus[trio.CancelScope] = trio.TASK_STATUS_IGNORED
+) -> None:
+    """The long-lived tasks (writer, pruner, sweepers); cancelled as a group at shutdown."""
+    try:
+        with trio.CancelScope() as scope:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(tracker.writer.run)
+                nursery.start_soon(run_pruner, tracker.db, tracker.settings.storage.retention_days)
+                task_status.started(scope)
+    finally:
+        tracker.background_done.set()
 
 
 class StrictJSONRequest(TrioRequest):

@@ -1,4 +1,4 @@
-"""What one running app shares: settings, store, token verifier (and later hub, writer).
+"""What one running app shares: settings, store, token verifier, hub and writer.
 
 Routes reach it with `current()`; tests reach it through `app.extensions`.
 There is one per app and none at module level.
@@ -9,11 +9,14 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
+import trio
 from quart import current_app
 
 from tracker.auth import TokenVerifier
 from tracker.config import Settings
+from tracker.hub import Hub
 from tracker.store import Database
+from tracker.writer import Writer
 
 
 @dataclass
@@ -21,7 +24,11 @@ class Tracker:
     settings: Settings
     db: Database
     verifier: TokenVerifier
+    hub: Hub
+    writer: Writer
     started_at: float = field(default_factory=time.monotonic)
+    background: trio.CancelScope | None = None
+    background_done: trio.Event = field(default_factory=trio.Event)
 
 
 def current() -> Tracker:

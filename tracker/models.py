@@ -83,7 +83,9 @@ def parse_timestamp(value: Any, field: str = "timestamp") -> float:
     if isinstance(value, str):
         text = value.strip()
         try:
-            return float(text) if _looks_numeric(text) else _parse_iso(text)
+            if _looks_numeric(text):
+                return parse_timestamp(float(text), field)
+            return _parse_iso(text)
         except ValueError:
             raise InvalidField(field, f"not a unix time or ISO 8601 date: {value[:40]!r}") from None
     number = finite_number(value, field)
@@ -103,13 +105,6 @@ def _parse_iso(text: str) -> float:
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=UTC)
     return parsed.timestamp()
-
-
-def numeric_timestamp(value: Any, field: str = "timestamp") -> float:
-    """parse_timestamp for a numeric string too ("1776001200" is a number here)."""
-    if isinstance(value, str) and _looks_numeric(value.strip()):
-        return parse_timestamp(float(value.strip()), field)
-    return parse_timestamp(value, field)
 
 
 @dataclass(frozen=True, slots=True)

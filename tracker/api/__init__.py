@@ -15,7 +15,10 @@ from quart import request
 
 from tracker.auth import Principal, Scope, bearer_token
 from tracker.context import current
-from tracker.errors import BadRequest
+from tracker.errors import BadRequest, NotFound
+from tracker.store import devices as device_store
+from tracker.store.devices import Device
+from tracker.timefmt import TimeFormatError, TimeStyle
 
 MAX_PAGE_SIZE = 500
 DEFAULT_PAGE_SIZE = 50
@@ -41,6 +44,31 @@ async def authenticate(*scopes: Scope) -> Principal:
     if scopes:
         principal.require_scope(*scopes)
     return principal
+
+
+async def visible_device(
+    principal: Principal, device_token: str, instance_id: str | None = None
+) -> Device:
+    """The device, when it exists in one of the caller's instances; else 404.
+
+    A named instance outside the token is 403; a device outside the named instance 404.
+    """
+    if instance_id is not None:
+        principal.require_instance(instance_id)
+    device = await current().db.read(device_store.get, device_token)
+    if device is None or not principal.may_access(device.instance_id):
+        raise NotFound("no such device")
+    if instance_id is not None and device.instance_id != instance_id:
+        raise NotFound("no such device")
+    return device
+
+
+def time_style() -> TimeStyle:
+    """The `timezone` and `date_format` query parameters; 400 naming a bad value."""
+    try:
+        return TimeStyle.parse(request.args.get("timezone"), request.args.get("date_format"))
+    except TimeFormatError as error:
+        raise BadRequest(str(error)) from None
 
 
 def _int_arg(name: str, default: int) -> int:

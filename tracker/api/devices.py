@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from quart import Blueprint
 from quart_schema import validate_request
 
-from tracker.api import requires
+from tracker.api import requires, visible_device
 from tracker.auth import Principal
 from tracker.context import current
 from tracker.errors import Conflict, NotFound
@@ -30,14 +30,6 @@ class DeviceCreate(BaseModel):
     device_token: ShortText | None = Field(None, min_length=1, max_length=128)
     profile: Profile | None = None
     display_field: DisplayField = "full_name"
-
-
-async def visible_device(principal: Principal, device_token: str) -> devices.Device:
-    """The device, when it exists in one of the caller's instances; else 404."""
-    device = await current().db.read(devices.get, device_token)
-    if device is None or not principal.may_access(device.instance_id):
-        raise NotFound("no such device")
-    return device
 
 
 @blueprint.post("/devices")

@@ -6,6 +6,7 @@ import hashlib
 import secrets
 import sqlite3
 import time
+import uuid
 from dataclasses import dataclass, field
 
 from tracker import jsoncodec
@@ -80,6 +81,18 @@ def create(
     except sqlite3.IntegrityError:
         raise DuplicateDevice(token) from None
     return device, key
+
+
+def register_with_key(conn: sqlite3.Connection, instance_id: str, key: str) -> Device | None:
+    """Auto-registration (trials only): a new device whose ingest key is the one it sent."""
+    if conn.execute("SELECT 1 FROM instances WHERE id = ?", (instance_id,)).fetchone() is None:
+        return None
+    device = Device(token=str(uuid.uuid4()), instance_id=instance_id, created_at=time.time())
+    conn.execute(
+        "INSERT INTO devices (token, instance_id, ingest_key_hash, created_at) VALUES (?, ?, ?, ?)",
+        (device.token, instance_id, hash_ingest_key(key), device.created_at),
+    )
+    return device
 
 
 def get(conn: sqlite3.Connection, token: str) -> Device | None:

@@ -1,0 +1,188 @@
+"""The three ingest paths: native JSON, OsmAnd / Traccar Client, OwnTracks HTTP.
+
+Each authenticates its own way (a JWT or `X-Ingest-Key`; the OsmAnd `id`;
+OwnTracks' Basic auth), parses its wire format (tracker/ingest/) into
+validated positions, and hands them to the writer, answering only once they
+are committed. A wrong or unknown key is refused and logged, without the key.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import logging
+from urllib.parse import parse_qsl
+
+from quart import Blueprint, Response, request
+
+from tracker import jsoncodec
+from tracker.api import authenticate, visible_device
+from tracker.context import current
+from tracker.errors import BadRequest, NotFound, Unauthorized, Unprocessable
+from tracker.ingest.native import IngestError, parse_native
+from tracker.ingest.osmand import OsmandFix, parse_osmand_json, parse_osmand_params
+from tracker.ingest.owntracks import parse_owntracks
+from tracker.models import Position
+from tracker.store import devices
+from tracker.writer import DeviceGone, IngestResult
+
+log = logging.getLogger("tracker.ingest")
+
+api_blueprint = Blueprint("ingest_api", __name__)  # under the API prefix
+apps_blueprint = Blueprint("ingest_apps", __name__)  # phone apps, at fixed paths
+
+
+def _client() -> str:
+    return request.remote_addr or "?"
+
+
+async def _store(device: devices.Device, positions: list[Position]) -> IngestResult:
+    try:
+        return await current().writer.submit(device.token, positions)
+    except DeviceGone:
+        raise NotFound("no such device") from None
+
+
+# -- native JSON -------------------------------------------------------------
+
+
+async def _native_device(device_token: str) -> devices.Device:
+    key = request.headers.get("X-Ingest-Key")
+    if key is not None:
+        device = await current().db.read(devices.by_ingest_key, key)
+        if device is None or device.token != device_token:
+            log.warning("refused native ingest from %s: wrong ingest key", _client())
+            raise Unauthorized("wrong ingest key for this device")
+        return device
+    principal = await authenticate("ingest", "admin")
+    if principal.device_token is not None and principal.device_token != device_token:
+        raise NotFound("no such device")
+    return await visible_device(principal, device_token)
+
+
+@api_blueprint.post("/devices/<device_token>/positions")
+async def post_positions(device_token: str) -> tuple[dict, int]:
+    device = await _native_device(device_token)
+    body = await request.get_json(force=True)
+    try:
+        positions = parse_native(body)
+    except IngestError as error:
+        details = [{"field": error.path, "message": error.message}]
+        raise Unprocessable(str(error), details=details) from None
+    result = await _store(device, positions)
+    return {"accepted": result.accepted, "duplicates": result.duplicates}, 201
+
+
+# -- OsmAnd / Traccar Client -------------------------------------------------
+
+
+def _osmand_fixes(body: bytes) -> list[OsmandFix]:
+    if request.query_string:
+        fix = parse_osmand_params(request.args.to_dict(flat=True))
+        return [fix] if fix else []
+    stripped = body.lstrip()
+    if request.mimetype == "application/json" or stripped[:1] in (b"{", b"["):
+        return parse_osmand_json(jsoncodec.loads(body))
+    form = dict(_parse_form(body))
+    fix = parse_osmand_params(form)
+    return [fix] if fix else []
+
+
+def _parse_form(body: bytes) -> list[tuple[str, str]]:
+    try:
+        return parse_qsl(body.decode("utf-8"), keep_blank_values=True)
+    except UnicodeDecodeError:
+        raise IngestError(None, "body", "form body is not valid UTF-8") from None
+
+
+async def _osmand_device(identifier: str) -> devices.Device:
+    tracker = current()
+    device = await tracker.db.read(devices.by_ingest_key, identifier)
+    if device is not None:
+        return device
+    instance_id = tracker.settings.ingest.auto_register_instance
+    if instance_id:
+        device = await tracker.db.write(devices.register_with_key, instance_id, identifier)
+        if device is not None:
+            log.warning(
+                "auto-registered OsmAnd device %s in instance %s", device.token, instance_id
+            )
+            return device
+    log.warning("refused OsmAnd ingest from %s: unknown identifier", _client())
+    raise NotFound("unknown device identifier")
+
+
+async def _osmand() -> Response:
+    body = await request.get_data()
+    try:
+        fixes = _osmand_fixes(body)
+    except (IngestError, jsoncodec.JSONDecodeError) as error:
+        raise BadRequest(str(error)) from None
+    by_device: dict[str, tuple[devices.Device, list[Position]]] = {}
+    for fix in fixes:
+        if fix.identifier not in by_device:
+            by_device[fix.identifier] = (await _osmand_device(fix.identifier), [])
+        if fix.position is None:
+            log.info("OsmAnd request from %s without coordinates: nothing stored", _client())
+        else:
+            by_device[fix.identifier][1].append(fix.position)
+    for device, positions in by_device.values():
+        await _store(device, positions)
+    return Response(b"", status=200)
+
+
+@apps_blueprint.route("/ingest/osmand", methods=["GET", "POST"])
+async def osmand() -> Response:
+    return await _osmand()
+
+
+@apps_blueprint.route("/", methods=["GET", "POST"])
+async def osmand_port_root() -> Response:
+    """`/` of the OsmAnd listener (ingest.osmand_port), where Traccar Client posts by default."""
+    port = current().settings.ingest.osmand_port
+    if not port or request.server is None or request.server[1] != port:
+        raise NotFound("nothing here; the API is under the configured prefix")
+    return await _osmand()
+
+
+# -- OwnTracks ---------------------------------------------------------------
+
+
+def _basic_credentials() -> tuple[str, str]:
+    header = request.headers.get("Authorization", "")
+    kind, _, encoded = header.partition(" ")
+    if kind.lower() != "basic":
+        raise Unauthorized("OwnTracks needs HTTP Basic auth: device token and ingest key")
+    try:
+        user, sep, password = base64.b64decode(encoded, validate=True).decode().partition(":")
+    except (binascii.Error, UnicodeDecodeError):
+        raise Unauthorized("malformed Basic credentials") from None
+    if not sep:
+        raise Unauthorized("malformed Basic credentials")
+    return user, password
+
+
+@apps_blueprint.post("/ingest/owntracks")
+async def owntracks() -> Response:
+    user, key = _basic_credentials()
+    device = await current().db.read(devices.by_ingest_key, key)
+    if device is None or device.token != user:
+        log.warning("refused OwnTracks ingest from %s: wrong credentials", _client())
+        response_headers = {"WWW-Authenticate": 'Basic realm="tracker"'}
+        raise Unauthorized("wrong device token or ingest key", headers=response_headers)
+    body = await request.get_data()
+    try:
+        result = parse_owntracks(jsoncodec.loads(body) if body.strip() else None)
+    except jsoncodec.JSONDecodeError as error:
+        raise BadRequest(str(error)) from None
+    except IngestError as error:
+        raise Unprocessable(str(error)) from None
+    if result.encrypted:
+        raise Unprocessable(
+            "encrypted OwnTracks payloads cannot be read: turn encryption off in the app"
+        )
+    if result.position is not None:
+        await _store(device, [result.position])
+    elif result.message_type == "location":
+        log.info("OwnTracks location without coordinates from %s: nothing stored", _client())
+    return Response(b"[]", status=200, content_type="application/json")

@@ -1,0 +1,103 @@
+"""Device reads: last position, the current trip's waypoints, the latest trip's stats.
+
+Times come out in the caller's `timezone` and `date_format`; naming an
+`instance_id` adds the device's display name and profile to the position.
+"""
+
+from __future__ import annotations
+
+import time
+
+from quart import Blueprint, request
+
+from tracker.api import requires, time_style, visible_device
+from tracker.auth import Principal
+from tracker.context import current
+from tracker.errors import NotFound
+from tracker.models import Position
+from tracker.profiles import display_value
+from tracker.store import positions as positions_store
+from tracker.store import trips as trips_store
+from tracker.timefmt import TimeStyle
+
+blueprint = Blueprint("positions", __name__)
+
+
+def position_fields(position: Position, style: TimeStyle) -> dict:
+    return {
+        "latitude": position.latitude,
+        "longitude": position.longitude,
+        "speed": position.speed,
+        "heading": position.heading,
+        "accuracy": position.accuracy,
+        "altitude": position.altitude,
+        "battery": position.battery,
+        "timestamp": style.format(position.timestamp),
+    }
+
+
+@blueprint.get("/devices/<device_token>/position")
+@requires()
+async def get_position(device_token: str, principal: Principal) -> dict:
+    instance_id = request.args.get("instance_id")
+    device = await visible_device(principal, device_token, instance_id)
+    style = time_style()
+    position = await current().db.read(positions_store.latest, device_token)
+    if position is None:
+        raise NotFound("this device has not reported a position yet")
+    body = {"device_token": device.token, **position_fields(position, style)}
+    body["track_token"] = position.track_token
+    if position.attributes:
+        body["attributes"] = position.attributes
+    if instance_id is not None:
+        body["display_identifier"] = display_value(
+            device.profile, device.display_field, device.token
+        )
+        body["display_field"] = device.display_field
+        body["driver_profile"] = device.profile
+    return body
+
+
+@blueprint.get("/devices/<device_token>/tracks")
+@requires()
+async def get_tracks(device_token: str, principal: Principal) -> dict:
+    await visible_device(principal, device_token, request.args.get("instance_id"))
+    style = time_style()
+    db = current().db
+    trip = await db.read(trips_store.latest, device_token)
+    if trip is None:
+        raise NotFound("this device has no trip yet")
+    waypoints = await db.read(positions_store.of_trip, device_token, trip.track_token)
+    gap = current().settings.trips.split_gap_seconds
+    return {
+        "device_token": device_token,
+        "track_token": trip.track_token,
+        "active": trip.is_active(time.time(), gap),
+        "count": len(waypoints),
+        "waypoints": [position_fields(p, style) for p in waypoints],
+    }
+
+
+@blueprint.get("/devices/<device_token>/stats")
+@requires()
+async def get_stats(device_token: str, principal: Principal) -> dict:
+    await visible_device(principal, device_token, request.args.get("instance_id"))
+    style = time_style()
+    trip = await current().db.read(trips_store.latest, device_token)
+    if trip is None:
+        raise NotFound("this device has no trip yet")
+    gap = current().settings.trips.split_gap_seconds
+    return {
+        "device_token": device_token,
+        "track_token": trip.track_token,
+        "started_at": style.format(trip.started_at),
+        "ended_at": style.format(trip.ended_at),
+        "duration_seconds": round(trip.duration_seconds, 3),
+        "distance_meters": round(trip.distance_m, 2),
+        "average_speed": trip.average_speed,
+        "max_speed": trip.max_speed,
+        "waypoint_count": trip.waypoint_count,
+        "start": {"latitude": trip.start_lat, "longitude": trip.start_lon},
+        "end": {"latitude": trip.end_lat, "longitude": trip.end_lon},
+        "active": trip.is_active(time.time(), gap),
+    }

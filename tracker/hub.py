@@ -1,0 +1,155 @@
+"""In-process pub/sub: the one place where fan-out happens.
+
+The writer publishes each committed live fix to its instance's topic and its
+device's topic; `/ws/realtime` connections subscribe to an instance, share
+viewers to a device and their session. A publisher never waits: each
+subscriber owns a `Mailbox`, bounded and conflating by key (a newer fix of a
+device replaces an unsent older one), so a slow viewer gets fewer, fresher
+updates and cannot slow ingest or anyone else. A mailbox that would exceed
+its bound is marked overflowed, and its reader closes the connection as a
+slow consumer.
+
+Messages are encoded once per format, not once per subscriber: a `LiveFix`
+caches its encodings by format key (`LiveFix.encoded`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Hashable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import trio
+
+from tracker.models import Position
+
+DEFAULT_MAILBOX_CAPACITY = 10_000
+
+
+class SlowConsumer(Exception):
+    """A mailbox overflowed: its reader fell too far behind."""
+
+
+class MailboxClosed(Exception):
+    """The mailbox was closed (the hub is shutting down or the topic ended)."""
+
+
+@dataclass(eq=False)
+class LiveFix:
+    """A committed fix that advanced its device's live position, ready to fan out."""
+
+    instance_id: str
+    device_token: str
+    position: Position
+    track_token: str
+    display_name: str
+    _encodings: dict[Hashable, Any] = field(default_factory=dict, repr=False)
+
+    def encoded(self, key: Hashable, encode: Callable[[LiveFix], Any]) -> Any:
+        """encode(self), computed once per key and shared by every subscriber asking for it."""
+        try:
+            return self._encodings[key]
+        except KeyError:
+            value = self._encodings[key] = encode(self)
+            return value
+
+
+class Mailbox:
+    """A bounded, conflating mailbox: one per subscriber, keyed (e.g. by device)."""
+
+    def __init__(self, capacity: int = DEFAULT_MAILBOX_CAPACITY):
+        self.capacity = capacity
+        self._pending: dict[Hashable, Any] = {}
+        self._ready = trio.Event()
+        self.overflowed = False
+        self.closed = False
+
+    def put(self, key: Hashable, item: Any) -> None:
+        """Never blocks: replaces an unsent item of the same key, or marks overflow."""
+        if key not in self._pending and len(self._pending) >= self.capacity:
+            self.overflowed = True
+        else:
+            self._pending[key] = item
+        self._ready.set()
+
+    def close(self) -> None:
+        self.closed = True
+        self._ready.set()
+
+    def __len__(self) -> int:
+        return len(self._pending)
+
+    async def take(self) -> list[Any]:
+        """Wait for at least one item, then take everything pending, oldest first."""
+        while True:
+            if self.overflowed:
+                raise SlowConsumer()
+            if self._pending:
+                items = list(self._pending.values())
+                self._pending.clear()
+                return items
+            if self.closed:
+                raise MailboxClosed()
+            self._ready = trio.Event()
+            await self._ready.wait()
+
+
+@dataclass(eq=False)
+class Subscription:
+    mailbox: Mailbox
+    keys: frozenset[Hashable] | None = None  # None: every key of the topic
+
+
+class Hub:
+    """Topics of subscriptions; publish puts into each subscriber's mailbox."""
+
+    def __init__(self) -> None:
+        self._topics: dict[str, set[Subscription]] = {}
+
+    @contextmanager
+    def subscribe(self, topic: str, mailbox: Mailbox) -> Iterator[Subscription]:
+        subscription = Subscription(mailbox)
+        self._topics.setdefault(topic, set()).add(subscription)
+        try:
+            yield subscription
+        finally:
+            subscribers = self._topics.get(topic)
+            if subscribers is not None:
+                subscribers.discard(subscription)
+                if not subscribers:
+                    del self._topics[topic]
+
+    def publish(self, topic: str, key: Hashable, item: Any) -> int:
+        """Deliver to every subscriber of the topic (filtered by its keys); returns how many."""
+        delivered = 0
+        for subscription in self._topics.get(topic, ()):
+            if subscription.keys is None or key in subscription.keys:
+                subscription.mailbox.put(key, item)
+                delivered += 1
+        return delivered
+
+    def subscriber_count(self, topic: str) -> int:
+        return len(self._topics.get(topic, ()))
+
+    def close_all(self) -> None:
+        """Close every mailbox (at shutdown), so each connection ends cleanly."""
+        for subscribers in self._topics.values():
+            for subscription in subscribers:
+                subscription.mailbox.close()
+
+    def publish_fix(self, fix: LiveFix) -> None:
+        self.publish(instance_topic(fix.instance_id), fix.device_token, fix)
+        self.publish(device_topic(fix.device_token), fix.device_token, fix)
+
+
+def instance_topic(instance_id: str) -> str:
+    return f"instance:{instance_id}"
+
+
+def device_topic(device_token: str) -> str:
+    return f"device:{device_token}"
+
+
+def session_topic(session_id: str) -> str:
+    return f"session:{session_id}"

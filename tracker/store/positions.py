@@ -1,0 +1,143 @@
+"""The positions table: insert a checked batch, read the latest fix and a trip's fixes, prune."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from tracker import jsoncodec
+from tracker.models import Position
+
+_INSERT = (
+    "INSERT OR IGNORE INTO positions (device_token, track_token, ts, lat, lon, speed, heading,"
+    " accuracy, altitude, battery, valid, attributes, received_at)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_COLUMNS = (
+    "ts, lat, lon, speed, heading, accuracy, altitude, battery, valid, attributes, track_token"
+)
+
+
+@dataclass(frozen=True)
+class StoredPosition:
+    device_token: str
+    position: Position
+    track_token: str
+
+
+def _position(row: sqlite3.Row) -> Position:
+    return Position(
+        latitude=row["lat"],
+        longitude=row["lon"],
+        timestamp=row["ts"],
+        speed=row["speed"],
+        heading=row["heading"],
+        accuracy=row["accuracy"],
+        altitude=row["altitude"],
+        battery=row["battery"],
+        track_token=row["track_token"],
+        valid=bool(row["valid"]),
+        attributes=jsoncodec.loads(row["attributes"]) if row["attributes"] else {},
+    )
+
+
+def existing_timestamps(
+    conn: sqlite3.Connection, device_token: str, low: float, high: float
+) -> set[float]:
+    rows = conn.execute(
+        "SELECT ts FROM positions WHERE device_token = ? AND ts BETWEEN ? AND ?",
+        (device_token, low, high),
+    )
+    return {row[0] for row in rows}
+
+
+def insert_many(
+    conn: sqlite3.Connection, rows: Iterable[tuple[str, str, Position]], received_at: float
+) -> None:
+    """Insert (device_token, track_token, position) rows with one executemany."""
+    conn.executemany(
+        _INSERT,
+        [
+            (
+                device_token,
+                track_token,
+                p.timestamp,
+                p.latitude,
+                p.longitude,
+                p.speed,
+                p.heading,
+                p.accuracy,
+                p.altitude,
+                p.battery,
+                int(p.valid),
+                jsoncodec.dumps(p.attributes).decode() if p.attributes else None,
+                received_at,
+            )
+            for device_token, track_token, p in rows
+        ],
+    )
+
+
+def latest_timestamp(conn: sqlite3.Connection, device_token: str) -> float | None:
+    row = conn.execute(
+        "SELECT p.ts FROM devices d JOIN positions p ON p.id = d.last_position_id"
+        " WHERE d.token = ?",
+        (device_token,),
+    ).fetchone()
+    return row[0] if row else None
+
+
+def set_latest(conn: sqlite3.Connection, device_token: str, timestamp: float) -> None:
+    conn.execute(
+        "UPDATE devices SET last_position_id ="
+        " (SELECT id FROM positions WHERE device_token = ? AND ts = ?) WHERE token = ?",
+        (device_token, timestamp, device_token),
+    )
+
+
+def latest(conn: sqlite3.Connection, device_token: str) -> Position | None:
+    row = conn.execute(
+        f"SELECT {', '.join('p.' + c.strip() for c in _COLUMNS.split(','))} FROM devices d"
+        " JOIN positions p ON p.id = d.last_position_id WHERE d.token = ?",
+        (device_token,),
+    ).fetchone()
+    return _position(row) if row else None
+
+
+def latest_for_instance(conn: sqlite3.Connection, instance_id: str) -> list[StoredPosition]:
+    rows = conn.execute(
+        f"SELECT d.token AS device_token, {', '.join('p.' + c.strip() for c in _COLUMNS.split(','))}"
+        " FROM devices d JOIN positions p ON p.id = d.last_position_id WHERE d.instance_id = ?",
+        (instance_id,),
+    ).fetchall()
+    return [StoredPosition(r["device_token"], _position(r), r["track_token"]) for r in rows]
+
+
+def of_trip(
+    conn: sqlite3.Connection, device_token: str, track_token: str, since: float | None = None
+) -> list[Position]:
+    rows = conn.execute(
+        f"SELECT {_COLUMNS} FROM positions WHERE device_token = ? AND track_token = ?"
+        " AND ts >= ? ORDER BY ts",
+        (device_token, track_token, since if since is not None else float("-inf")),
+    ).fetchall()
+    return [_position(row) for row in rows]
+
+
+def recent(conn: sqlite3.Connection, device_token: str, since: float) -> list[Position]:
+    rows = conn.execute(
+        f"SELECT {_COLUMNS} FROM positions WHERE device_token = ? AND ts >= ? ORDER BY ts",
+        (device_token, since),
+    ).fetchall()
+    return [_position(row) for row in rows]
+
+
+def prune(conn: sqlite3.Connection, before: float, limit: int) -> int:
+    """Delete up to `limit` positions older than `before` (never a device's latest)."""
+    return conn.execute(
+        "DELETE FROM positions WHERE id IN (SELECT id FROM positions WHERE ts < ?"
+        " AND id NOT IN (SELECT last_position_id FROM devices WHERE last_position_id IS NOT NULL)"
+        " LIMIT ?)",
+        (before, limit),
+    ).rowcount

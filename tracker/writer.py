@@ -1,0 +1,222 @@
+"""Group commit: positions from concurrent requests share one transaction, then fan out.
+
+Every ingest path hands its validated positions to `Writer.submit`, which
+waits until they are committed: a request is answered only after its
+positions are on disk (WAL), so an acknowledged position survives a killed
+process. One task (`Writer.run`, in the app's nursery) takes whatever
+requests are waiting, commits them together in the writer thread, answers
+each, and publishes the fixes that advanced a device's live position to the
+hub. Under load, many requests share one commit; alone, a request commits at
+once.
+
+In the transaction: duplicates (same device and timestamp) are counted and
+skipped; each fix joins its trip (the client's trip id, or by the gap rule)
+and the trip's aggregates are updated; a fix newer than the device's latest
+valid one becomes the live position. Older fixes (a backlog) are stored in
+their trip and never broadcast as live.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import time
+from dataclasses import dataclass, field
+
+import trio
+
+from tracker.hub import Hub, LiveFix
+from tracker.models import Position
+from tracker.profiles import display_value
+from tracker.store import Database, devices
+from tracker.store import positions as positions_store
+from tracker.store import trips as trips_store
+from tracker.trips import Trip, choose_trip, recount
+
+log = logging.getLogger("tracker.writer")
+
+QUEUE_REQUESTS = 1024
+MAX_BATCH_POSITIONS = 5000
+
+
+class DeviceGone(Exception):
+    """The device was deleted between authentication and commit."""
+
+
+@dataclass
+class IngestResult:
+    accepted: int = 0
+    duplicates: int = 0
+
+
+@dataclass(eq=False)
+class _Request:
+    device_token: str
+    positions: list[Position]
+    done: trio.Event = field(default_factory=trio.Event)
+    result: IngestResult | None = None
+    error: Exception | None = None
+
+
+class Writer:
+    def __init__(self, db: Database, hub: Hub, split_gap_seconds: float):
+        self.db = db
+        self.hub = hub
+        self.split_gap_seconds = split_gap_seconds
+        self._send, self._receive = trio.open_memory_channel[_Request](QUEUE_REQUESTS)
+
+    async def submit(self, device_token: str, positions: list[Position]) -> IngestResult:
+        """Store positions of one device; returns once they are committed."""
+        if not positions:
+            return IngestResult()
+        request = _Request(device_token, positions)
+        await self._send.send(request)
+        await request.done.wait()
+        if request.error is not None:
+            raise request.error
+        assert request.result is not None
+        return request.result
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        while True:
+            batch = [await self._receive.receive()]
+            size = len(batch[0].positions)
+            while size < MAX_BATCH_POSITIONS:
+                try:
+                    request = self._receive.receive_nowait()
+                except trio.WouldBlock:
+                    break
+                batch.append(request)
+                size += len(request.positions)
+            await self._commit(batch)
+
+    async def _commit(self, batch: list[_Request]) -> None:
+        try:
+            results, live = await self.db.write(
+                commit_batch,
+                [(r.device_token, r.positions) for r in batch],
+                self.split_gap_seconds,
+                time.time(),
+            )
+        except Exception as error:  # answered as a 5xx by the caller; nothing was stored
+            log.exception("commit of %d ingest requests failed", len(batch))
+            for request in batch:
+                request.error = error
+                request.done.set()
+            return
+        for request, result in zip(batch, results, strict=True):
+            if isinstance(result, Exception):
+                request.error = result
+            else:
+                request.result = result
+            request.done.set()
+        for fix in live:
+            self.hub.publish_fix(fix)
+
+
+class _BatchState:
+    """What one transaction learns about each device and trip as it goes."""
+
+    def __init__(self, conn: sqlite3.Connection, gap: float):
+        self.conn = conn
+        self.gap = gap
+        self.devices: dict[str, devices.Device | None] = {}
+        self.latest: dict[str, float | None] = {}
+        self.newest: dict[str, tuple[Position, str]] = {}
+        self.seen: dict[str, set[float]] = {}
+        self.trips: dict[tuple[str, str], Trip] = {}
+        self.touched: set[tuple[str, str]] = set()
+
+    def device(self, token: str) -> devices.Device | None:
+        if token not in self.devices:
+            self.devices[token] = devices.get(self.conn, token)
+            self.latest[token] = positions_store.latest_timestamp(self.conn, token)
+            self.seen[token] = set()
+        return self.devices[token]
+
+    def load_trips_near(self, token: str, low: float, high: float) -> None:
+        for trip in trips_store.near(self.conn, token, low - self.gap, high + self.gap):
+            self.trips.setdefault((token, trip.track_token), trip)
+
+    def trip_for(self, token: str, position: Position) -> Trip:
+        trip = self._join(token, position)
+        self.touched.add((token, trip.track_token))
+        return trip
+
+    def _join(self, token: str, position: Position) -> Trip:
+        if position.track_token:
+            key = (token, position.track_token)
+            trip = self.trips.get(key) or trips_store.get(self.conn, token, position.track_token)
+            if trip is None:
+                trip = self.trips[key] = Trip.start(token, position, position.track_token)
+                return trip
+            self.trips[key] = trip
+        else:
+            candidates = (t for (owner, _), t in self.trips.items() if owner == token)
+            trip = choose_trip(candidates, position, self.gap)
+            if trip is None:
+                trip = Trip.start(token, position)
+                self.trips[(token, trip.track_token)] = trip
+                return trip
+        trip.add(position)
+        return trip
+
+
+def commit_batch(
+    conn: sqlite3.Connection,
+    requests: list[tuple[str, list[Position]]],
+    gap: float,
+    received_at: float,
+) -> tuple[list[IngestResult | Exception], list[LiveFix]]:
+    """Store each request's positions in one transaction (runs in the writer thread)."""
+    state = _BatchState(conn, gap)
+    results: list[IngestResult | Exception] = []
+    rows: list[tuple[str, str, Position]] = []
+    for token, positions in requests:
+        if state.device(token) is None:
+            results.append(DeviceGone(token))
+            continue
+        ordered = sorted(positions, key=lambda p: p.timestamp)
+        low, high = ordered[0].timestamp, ordered[-1].timestamp
+        known = state.seen[token] | positions_store.existing_timestamps(conn, token, low, high)
+        state.load_trips_near(token, low, high)
+        result = IngestResult()
+        for position in ordered:
+            if position.timestamp in known:
+                result.duplicates += 1
+                continue
+            known.add(position.timestamp)
+            state.seen[token].add(position.timestamp)
+            trip = state.trip_for(token, position)
+            rows.append((token, trip.track_token, position))
+            result.accepted += 1
+            latest = state.latest[token]
+            if position.valid and (latest is None or position.timestamp > latest):
+                state.latest[token] = position.timestamp
+                state.newest[token] = (position, trip.track_token)
+        results.append(result)
+
+    positions_store.insert_many(conn, rows, received_at)
+    touched = [state.trips[key] for key in state.touched]
+    for index, trip in enumerate(touched):
+        if trip.needs_recount:
+            fixes = positions_store.of_trip(conn, trip.device_token, trip.track_token)
+            touched[index] = recount(trip.device_token, trip.track_token, fixes) or trip
+    trips_store.save(conn, touched)
+
+    live = []
+    for token, (position, track_token) in state.newest.items():
+        positions_store.set_latest(conn, token, position.timestamp)
+        device = state.devices[token]
+        assert device is not None
+        live.append(
+            LiveFix(
+                instance_id=device.instance_id,
+                device_token=token,
+                position=position,
+                track_token=track_token,
+                display_name=display_value(device.profile, device.display_field, token),
+            )
+        )
+    return results, live
