@@ -9,6 +9,7 @@ its lifespan starts and stop with it.
 from __future__ import annotations
 
 import logging
+import re
 import secrets
 
 import trio
@@ -25,6 +26,7 @@ from tracker.errors import BadRequest, UnsupportedMediaType, register_error_hand
 from tracker.hub import Hub
 from tracker.retention import run_pruner
 from tracker.store import Database, server_keys
+from tracker.websocket import Connection, Handler, WebSocketRouter
 from tracker.writer import Writer
 
 log = logging.getLogger("tracker")
@@ -89,6 +91,7 @@ def create_app(settings: Settings, db: Database | None = None) -> Quart:
     ):
         app.register_blueprint(blueprint, url_prefix=prefix)
     app.register_blueprint(ingest.apps_blueprint)
+    app.asgi_app = WebSocketRouter(app.asgi_app, websocket_routes(tracker))
 
     @app.before_request
     async def _read_body_first() -> None:
@@ -117,6 +120,18 @@ def create_app(settings: Settings, db: Database | None = None) -> Quart:
         db.close()
 
     return app
+
+
+def websocket_routes(tracker: Tracker) -> list[tuple[str, Handler]]:
+    """The WebSocket endpoints, served on raw ASGI (tracker/websocket.py says why)."""
+    from tracker.api.realtime import realtime_stream
+
+    prefix = re.escape(tracker.settings.server.api_prefix)
+
+    async def realtime(connection: Connection, params: dict[str, str]) -> None:
+        await realtime_stream(tracker, connection)
+
+    return [(f"{prefix}/ws/realtime", realtime)]
 
 
 async def run_background(

@@ -73,6 +73,10 @@ class Mailbox:
             self._pending[key] = item
         self._ready.set()
 
+    def peek(self, key: Hashable) -> Any:
+        """The pending item of this key, if any (None otherwise)."""
+        return self._pending.get(key)
+
     def close(self) -> None:
         self.closed = True
         self._ready.set()

@@ -62,9 +62,18 @@ async def serve(
 
     Reports the bound addresses through task_status (for `nursery.start`).
     """
+    trigger = shutdown_trigger or wait_for_stop_signal
+
+    async def stop_then_close_streams() -> None:
+        await trigger()
+        # Hypercorn cancels open connections before the app's shutdown hooks run,
+        # so WebSocket clients are told here, while their connections still live.
+        app.extensions["tracker"].hub.close_all()
+        await trio.sleep(0.2)
+
     await hypercorn_serve(
         app,
         hypercorn_config(settings),
-        shutdown_trigger=shutdown_trigger or wait_for_stop_signal,
+        shutdown_trigger=stop_then_close_streams,
         task_status=task_status,
     )

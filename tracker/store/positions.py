@@ -20,8 +20,13 @@ _COLUMNS = (
 
 
 @dataclass(frozen=True)
-class StoredPosition:
+class DeviceFix:
+    """A device's latest fix with what a live message needs to name the device."""
+
     device_token: str
+    instance_id: str
+    profile: dict
+    display_field: str
     position: Position
     track_token: str
 
@@ -105,13 +110,25 @@ def latest(conn: sqlite3.Connection, device_token: str) -> Position | None:
     return _position(row) if row else None
 
 
-def latest_for_instance(conn: sqlite3.Connection, instance_id: str) -> list[StoredPosition]:
+def latest_for_instance(conn: sqlite3.Connection, instance_id: str) -> list[DeviceFix]:
+    """Every device of the instance that has a live position, with its naming fields."""
+    columns = ", ".join("p." + c.strip() for c in _COLUMNS.split(","))
     rows = conn.execute(
-        f"SELECT d.token AS device_token, {', '.join('p.' + c.strip() for c in _COLUMNS.split(','))}"
+        f"SELECT d.token AS device_token, d.instance_id, d.profile, d.display_field, {columns}"
         " FROM devices d JOIN positions p ON p.id = d.last_position_id WHERE d.instance_id = ?",
         (instance_id,),
     ).fetchall()
-    return [StoredPosition(r["device_token"], _position(r), r["track_token"]) for r in rows]
+    return [
+        DeviceFix(
+            device_token=r["device_token"],
+            instance_id=r["instance_id"],
+            profile=jsoncodec.loads(r["profile"]),
+            display_field=r["display_field"],
+            position=_position(r),
+            track_token=r["track_token"],
+        )
+        for r in rows
+    ]
 
 
 def of_trip(

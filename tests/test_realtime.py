@@ -1,0 +1,254 @@
+"""Dispatchers watch every device of their instance live over /ws/realtime."""
+
+import json
+import time
+
+import pytest
+import trio
+from trio_websocket import ConnectionClosed, ConnectionRejected, open_websocket_url
+
+from tests.conftest import start_server
+from tracker.models import Position
+from tracker.store import devices
+
+NOW = time.time()
+
+
+def fix(lat: float, lon: float = 0.0, ts: float | None = None, **extra) -> Position:
+    return Position.build(latitude=lat, longitude=lon, timestamp=ts or time.time(), **extra)
+
+
+async def receive(ws, timeout: float = 5) -> dict:
+    with trio.fail_after(timeout):
+        return json.loads(await ws.get_message())
+
+
+async def authenticate(ws, token: str, instance_id: str, **settings) -> dict:
+    await ws.send_message(
+        json.dumps({"type": "authenticate", "jwt": token, "instance_id": instance_id, **settings})
+    )
+    welcome = await receive(ws)
+    assert welcome["type"] == "welcome", welcome
+    return welcome
+
+
+async def expect_close(ws, code: int) -> list[dict]:
+    """Read until the server closes; returns what it sent first."""
+    received = []
+    with trio.fail_after(10):
+        try:
+            while True:
+                received.append(json.loads(await ws.get_message()))
+        except ConnectionClosed as closed:
+            assert closed.reason.code == code, (closed.reason, received)
+    return received
+
+
+async def test_welcome_then_snapshot_then_live_positions(server, tracker, fleet):
+    await tracker.writer.submit(fleet.a.device_token, [fix(51.5, -0.12, NOW - 5, speed=10.0)])
+    async with open_websocket_url(f"{server.ws}/ws/realtime") as ws:
+        welcome = await authenticate(ws, fleet.a.read_token, fleet.a.instance_id)
+        assert welcome["instance_id"] == fleet.a.instance_id
+        assert welcome["units"] == "metric" and welcome["date_format"] == "unix"
+        snapshot = await receive(ws)
+        assert snapshot == {
+            "type": "position",
+            "DeviceToken": fleet.a.device_token,
+            "Lat": 51.5,
+            "Lng": -0.12,
+            "Speed": 10.0,
+            "Heading": None,
+            "Accuracy": None,
+            "Altitude": None,
+            "Battery": None,
+            "TrackToken": snapshot["TrackToken"],
+            "DisplayIdentifier": "Alpha Driver",
+            "Timestamp": int(NOW - 5),
+        }
+        await tracker.writer.submit(fleet.a.device_token, [fix(51.6, -0.1, NOW - 1)])
+        live = await receive(ws)
+        assert (live["Lat"], live["Timestamp"]) == (51.6, int(NOW - 1))
+        assert live["TrackToken"] == snapshot["TrackToken"]
+
+
+async def test_instance_a_positions_never_reach_instance_b(server, tracker, fleet):
+    async with (
+        open_websocket_url(f"{server.ws}/ws/realtime") as watcher_a,
+        open_websocket_url(f"{server.ws}/ws/realtime") as watcher_b,
+    ):
+        await authenticate(watcher_a, fleet.a.read_token, fleet.a.instance_id)
+        await authenticate(watcher_b, fleet.b.read_token, fleet.b.instance_id)
+        await tracker.writer.submit(fleet.a.device_token, [fix(1.0)])
+        await tracker.writer.submit(fleet.b.device_token, [fix(2.0)])
+        assert (await receive(watcher_a))["DeviceToken"] == fleet.a.device_token
+        assert (await receive(watcher_b))["DeviceToken"] == fleet.b.device_token
+        with trio.move_on_after(0.5):
+            leaked = await watcher_a.get_message()
+            pytest.fail(f"instance A received {leaked}")
+
+
+async def test_imperial_units_and_human_time(server, tracker, fleet):
+    summer = 1776000000  # 2026-04-12 13:20:00 UTC
+    await tracker.writer.submit(
+        fleet.a.device_token, [fix(1.0, 1.0, summer, speed=10.0, accuracy=10.0)]
+    )
+    async with open_websocket_url(f"{server.ws}/ws/realtime") as ws:
+        await authenticate(
+            ws,
+            fleet.a.read_token,
+            fleet.a.instance_id,
+            units="imperial",
+            timezone="Europe/London",
+            date_format="localized",
+        )
+        position = await receive(ws)
+        assert position["Speed"] == pytest.approx(22.369, abs=0.001)
+        assert position["Accuracy"] == pytest.approx(32.81, abs=0.01)
+        assert position["Timestamp"] == "2026-04-12 14:20:00 BST"
+
+
+async def test_access_token_is_accepted_in_place_of_jwt(server, fleet):
+    async with open_websocket_url(f"{server.ws}/ws/realtime") as ws:
+        await ws.send_message(
+            json.dumps(
+                {
+                    "type": "authenticate",
+                    "access_token": fleet.a.read_token,
+                    "instance_id": fleet.a.instance_id,
+                }
+            )
+        )
+        assert (await receive(ws))["type"] == "welcome"
+
+
+async def test_subscribe_narrows_the_stream_to_named_devices(server, tracker, fleet):
+    other, _ = tracker.db.write_sync(devices.create, fleet.a.instance_id, "alpha-truck-2")
+    async with open_websocket_url(f"{server.ws}/ws/realtime") as ws:
+        await authenticate(ws, fleet.a.read_token, fleet.a.instance_id)
+        await ws.send_message(json.dumps({"type": "subscribe", "device_tokens": [other.token]}))
+        assert (await receive(ws))["device_tokens"] == [other.token]
+        await tracker.writer.submit(fleet.a.device_token, [fix(1.0)])
+        await tracker.writer.submit(other.token, [fix(2.0)])
+        position = await receive(ws)
+        assert position["DeviceToken"] == other.token
+
+
+async def test_ping_is_answered_with_pong(server, fleet):
+    async with open_websocket_url(f"{server.ws}/ws/realtime") as ws:
+        await authenticate(ws, fleet.a.read_token, fleet.a.instance_id)
+        await ws.send_message(json.dumps({"type": "ping"}))
+        assert await receive(ws) == {"type": "pong"}
+
+
+async def test_a_renamed_driver_shows_on_the_next_message(server, tracker, fleet):
+    async with open_websocket_url(f"{server.ws}/ws/realtime") as ws:
+        await authenticate(ws, fleet.a.read_token, fleet.a.instance_id)
+        await tracker.writer.submit(fleet.a.device_token, [fix(1.0, ts=NOW - 2)])
+        assert (await receive(ws))["DisplayIdentifier"] == "Alpha Driver"
+        tracker.db.write_sync(devices.set_profile, fleet.a.device_token, {"full_name": "Zoe Q"})
+        await tracker.writer.submit(fleet.a.device_token, [fix(1.1, ts=NOW - 1)])
+        assert (await receive(ws))["DisplayIdentifier"] == "Zoe Q"
+
+
+# -- handshake failures: each closes with its code and sends no position ----------
+
+
+async def test_bad_jwt_closes_4001(server, tracker, fleet):
+    await tracker.writer.submit(fleet.a.device_token, [fix(1.0)])
+    async with open_websocket_url(f"{server.ws}/ws/realtime") as ws:
+        await ws.send_message(
+            json.dumps(
+                {"type": "authenticate", "jwt": "garbage", "instance_id": fleet.a.instance_id}
+            )
+        )
+        sent = await expect_close(ws, 4001)
+        assert [m["type"] for m in sent] == ["error"]
+
+
+async def test_foreign_instance_closes_4003(server, tracker, fleet):
+    await tracker.writer.submit(fleet.b.device_token, [fix(1.0)])
+    async with open_websocket_url(f"{server.ws}/ws/realtime") as ws:
+        await ws.send_message(
+            json.dumps(
+                {
+                    "type": "authenticate",
+                    "jwt": fleet.a.admin_token,
+                    "instance_id": fleet.b.instance_id,
+                }
+            )
+        )
+        sent = await expect_close(ws, 4003)
+        assert all(m["type"] != "position" for m in sent)
+
+
+async def test_ingest_token_cannot_watch(server, fleet):
+    async with open_websocket_url(f"{server.ws}/ws/realtime") as ws:
+        await ws.send_message(
+            json.dumps(
+                {
+                    "type": "authenticate",
+                    "jwt": fleet.a.ingest_token,
+                    "instance_id": fleet.a.instance_id,
+                }
+            )
+        )
+        await expect_close(ws, 4003)
+
+
+async def test_unknown_units_get_an_error_then_close(server, fleet):
+    async with open_websocket_url(f"{server.ws}/ws/realtime") as ws:
+        await ws.send_message(
+            json.dumps(
+                {
+                    "type": "authenticate",
+                    "jwt": fleet.a.read_token,
+                    "instance_id": fleet.a.instance_id,
+                    "units": "furlongs",
+                }
+            )
+        )
+        [error] = await expect_close(ws, 4002)
+        assert "furlongs" in error["message"]
+
+
+async def test_no_authenticate_in_time_closes_4008(nursery, settings, fleet, app):
+    settings = settings.replace(realtime={"auth_timeout_seconds": 0.3})
+    app.extensions["tracker"].settings = settings
+    server = await start_server(nursery, app, settings)
+    async with open_websocket_url(f"{server.ws}/ws/realtime") as ws:
+        await expect_close(ws, 4008)
+
+
+async def test_oversized_message_closes_1009(server, fleet):
+    async with open_websocket_url(f"{server.ws}/ws/realtime") as ws:
+        await ws.send_message(json.dumps({"type": "authenticate", "jwt": "x" * 5000}))
+        await expect_close(ws, 1009)
+
+
+async def test_cross_site_origin_is_rejected(server, fleet):
+    with pytest.raises(ConnectionRejected) as rejected:
+        async with open_websocket_url(
+            f"{server.ws}/ws/realtime", extra_headers=[(b"Origin", b"https://evil.example")]
+        ):
+            pass
+    assert rejected.value.status_code == 403
+
+
+async def test_allowed_origin_is_accepted(nursery, settings, fleet, app):
+    settings = settings.replace(realtime={"allowed_origins": ["https://ops.example.com"]})
+    app.extensions["tracker"].settings = settings
+    server = await start_server(nursery, app, settings)
+    async with open_websocket_url(
+        f"{server.ws}/ws/realtime", extra_headers=[(b"Origin", b"https://ops.example.com")]
+    ) as ws:
+        await authenticate(ws, fleet.a.read_token, fleet.a.instance_id)
+
+
+async def test_unanswered_pings_close_the_connection(nursery, settings, fleet, app):
+    settings = settings.replace(realtime={"ping_interval_seconds": 0.2})
+    app.extensions["tracker"].settings = settings
+    server = await start_server(nursery, app, settings)
+    async with open_websocket_url(f"{server.ws}/ws/realtime") as ws:
+        await authenticate(ws, fleet.a.read_token, fleet.a.instance_id)
+        sent = await expect_close(ws, 4008)  # we read but never answer
+        assert {"type": "ping"} in sent

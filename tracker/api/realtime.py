@@ -1,0 +1,267 @@
+"""`/ws/realtime`: every device of an instance, live, for dispatchers.
+
+Protocol: the client's first message must be `authenticate` (JWT, instance,
+units, timezone, date_format) within `realtime.auth_timeout_seconds`; the
+server answers `welcome`, then one `position` per device with a known
+position (the snapshot), then live positions as the writer commits them.
+`{"type": "subscribe", "device_tokens": [...]}` narrows the stream;
+`{"type": "ping"}` is answered `{"type": "pong"}`; the server pings every
+`realtime.ping_interval_seconds` and closes a client silent for two
+intervals. Close codes are listed in docs/websockets.md.
+
+Positions are encoded once per stream format (units, zone, date format) and
+the text is shared by every subscriber that asked for that format.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import trio
+
+from tracker import jsoncodec
+from tracker.auth import Principal
+from tracker.context import Tracker
+from tracker.errors import TrackerError
+from tracker.geo import metres_to_feet, mps_to_mph
+from tracker.hub import LiveFix, instance_topic
+from tracker.profiles import display_value
+from tracker.store import positions as positions_store
+from tracker.timefmt import TimeFormatError, TimeStyle
+from tracker.websocket import (
+    BAD_TOKEN,
+    FORBIDDEN,
+    INVALID_MESSAGE,
+    MAX_MESSAGE_BYTES,
+    MESSAGE_TOO_BIG,
+    TIMEOUT,
+    Connection,
+    Disconnected,
+    json_message,
+)
+
+log = logging.getLogger("tracker.realtime")
+
+MAX_SUBSCRIBED_DEVICES = 10_000
+UNITS = ("metric", "imperial")
+
+
+class StreamRefused(Exception):
+    def __init__(self, code: int, reason: str):
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class StreamFormat:
+    """How one subscriber wants positions written: units and time style."""
+
+    units: str
+    time: TimeStyle
+
+    @property
+    def key(self) -> tuple:
+        return ("realtime", self.units, self.time.timezone, self.time.date_format)
+
+    def render(self, fix: LiveFix) -> str:
+        return fix.encoded(self.key, self._encode)
+
+    def _encode(self, fix: LiveFix) -> str:
+        p = fix.position
+        speed, accuracy, altitude = p.speed, p.accuracy, p.altitude
+        if self.units == "imperial":
+            speed = None if speed is None else round(mps_to_mph(speed), 3)
+            accuracy = None if accuracy is None else round(metres_to_feet(accuracy), 2)
+            altitude = None if altitude is None else round(metres_to_feet(altitude), 2)
+        message: dict[str, Any] = {
+            "type": "position",
+            "DeviceToken": fix.device_token,
+            "Lat": p.latitude,
+            "Lng": p.longitude,
+            "Speed": speed,
+            "Heading": p.heading,
+            "Accuracy": accuracy,
+            "Altitude": altitude,
+            "Battery": p.battery,
+            "TrackToken": fix.track_token,
+            "DisplayIdentifier": fix.display_name,
+            "Timestamp": self.time.format(p.timestamp),
+        }
+        if p.attributes.get("alarm"):
+            message["Alarm"] = p.attributes["alarm"]
+        return jsoncodec.dumps(message).decode()
+
+
+def _authenticate(tracker: Tracker, message: dict[str, Any]) -> tuple[Principal, str, StreamFormat]:
+    if message.get("type") != "authenticate":
+        raise StreamRefused(INVALID_MESSAGE, "first message must be authenticate")
+    token = message.get("jwt") or message.get("access_token")
+    if not isinstance(token, str):
+        raise StreamRefused(BAD_TOKEN, "missing jwt")
+    try:
+        principal = tracker.verifier.verify(token)
+    except TrackerError as error:
+        raise StreamRefused(BAD_TOKEN, error.message) from None
+    instance_id = message.get("instance_id")
+    if not isinstance(instance_id, str) or not instance_id:
+        raise StreamRefused(INVALID_MESSAGE, "instance_id is required")
+    if not principal.may_access(instance_id) or principal.scope not in ("read", "admin"):
+        raise StreamRefused(FORBIDDEN, "this token may not watch that instance")
+    units = message.get("units", "metric")
+    if units not in UNITS:
+        raise StreamRefused(
+            INVALID_MESSAGE, f"unknown units {str(units)[:40]!r}: metric or imperial"
+        )
+    try:
+        style = TimeStyle.parse(message.get("timezone"), message.get("date_format"))
+    except TimeFormatError as error:
+        raise StreamRefused(INVALID_MESSAGE, str(error)[:120]) from None
+    return principal, instance_id, StreamFormat(units, style)
+
+
+def _origin_allowed(tracker: Tracker, origin: str | None) -> bool:
+    if origin is None:
+        return True  # not a browser: Origin checks guard against cross-site pages only
+    allowed = set(tracker.settings.realtime.allowed_origins)
+    allowed.add(tracker.settings.server.public_url)
+    return origin.rstrip("/") in {item.rstrip("/") for item in allowed}
+
+
+async def _first_message(tracker: Tracker, connection: Connection) -> dict[str, Any]:
+    with trio.move_on_after(tracker.settings.realtime.auth_timeout_seconds):
+        text = await connection.receive_text()
+        if len(text.encode()) > MAX_MESSAGE_BYTES:
+            raise StreamRefused(MESSAGE_TOO_BIG, "message too large")
+        message = json_message(text)
+        if message is None:
+            raise StreamRefused(INVALID_MESSAGE, "messages must be JSON objects")
+        return message
+    raise StreamRefused(TIMEOUT, "no authenticate message in time")
+
+
+def _snapshot_fix(row: positions_store.DeviceFix) -> LiveFix:
+    return LiveFix(
+        instance_id=row.instance_id,
+        device_token=row.device_token,
+        position=row.position,
+        track_token=row.track_token,
+        display_name=display_value(row.profile, row.display_field, row.device_token),
+    )
+
+
+async def realtime_stream(tracker: Tracker, connection: Connection) -> None:
+    if not _origin_allowed(tracker, connection.headers.get("origin")):
+        log.warning("refused /ws/realtime from origin %s", connection.headers.get("origin"))
+        await connection.reject()
+        return
+    await connection.accept()
+    try:
+        message = await _first_message(tracker, connection)
+        principal, instance_id, stream_format = _authenticate(tracker, message)
+    except StreamRefused as refused:
+        await connection.send_text(
+            jsoncodec.dumps(
+                {"type": "error", "code": refused.code, "message": refused.reason}
+            ).decode()
+        )
+        await connection.close(refused.code, refused.reason)
+        return
+
+    ping_interval = tracker.settings.realtime.ping_interval_seconds
+    with tracker.hub.subscribe(instance_topic(instance_id), connection.mailbox) as subscription:
+        connection.post(
+            "welcome",
+            {
+                "type": "welcome",
+                "instance_id": instance_id,
+                "subject": principal.subject,
+                "units": stream_format.units,
+                "timezone": stream_format.time.timezone,
+                "date_format": stream_format.time.date_format,
+                "ping_interval_seconds": ping_interval,
+            },
+        )
+        # The sender has not started: every live fix published since subscribing is
+        # still pending, so the snapshot never overtakes a newer one.
+        await _queue_snapshot(tracker, connection, instance_id)
+        last_heard = trio.current_time()
+
+        async def receiver(cancel: trio.CancelScope) -> None:
+            nonlocal last_heard
+            while True:
+                text = await connection.receive_text()
+                last_heard = trio.current_time()
+                if len(text.encode()) > MAX_MESSAGE_BYTES:
+                    await connection.close(MESSAGE_TOO_BIG, "message too large")
+                    cancel.cancel()
+                    return
+                incoming = json_message(text) or {}
+                kind = incoming.get("type")
+                if kind == "ping":
+                    connection.post("pong", {"type": "pong"})
+                elif kind == "pong":
+                    pass
+                elif kind == "subscribe":
+                    keys = _device_filter(incoming.get("device_tokens"))
+                    if keys is False:
+                        connection.post("error", _error("device_tokens must be a list of strings"))
+                        continue
+                    subscription.keys = keys
+                    connection.post(
+                        "subscribed",
+                        {"type": "subscribed", "device_tokens": sorted(keys) if keys else None},
+                    )
+                else:
+                    connection.post("error", _error(f"unknown message type {str(kind)[:40]!r}"))
+
+        async def pinger(cancel: trio.CancelScope) -> None:
+            while True:
+                await trio.sleep(ping_interval)
+                if trio.current_time() - last_heard > 2 * ping_interval:
+                    await connection.close(TIMEOUT, "no answer to pings")
+                    cancel.cancel()
+                    return
+                connection.post("ping", {"type": "ping"})
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_run_and_cancel, receiver, nursery.cancel_scope)
+            nursery.start_soon(_run_and_cancel, pinger, nursery.cancel_scope)
+            await connection.run_sender(stream_format.render)
+            nursery.cancel_scope.cancel()
+
+
+async def _run_and_cancel(task, cancel: trio.CancelScope) -> None:
+    """Run a connection task; when the client goes away, end the whole connection."""
+    try:
+        await task(cancel)
+    except Disconnected:
+        cancel.cancel()
+
+
+def _error(message: str) -> dict[str, Any]:
+    return {"type": "error", "code": INVALID_MESSAGE, "message": message}
+
+
+def _device_filter(value: Any) -> frozenset[str] | None | bool:
+    """The subscribe filter: a set of tokens, None for everything, False when malformed."""
+    if value is None or value == []:
+        return None
+    if (
+        isinstance(value, list)
+        and len(value) <= MAX_SUBSCRIBED_DEVICES
+        and all(isinstance(item, str) for item in value)
+    ):
+        return frozenset(value)
+    return False
+
+
+async def _queue_snapshot(tracker: Tracker, connection: Connection, instance_id: str) -> None:
+    rows = await tracker.db.read(positions_store.latest_for_instance, instance_id)
+    for row in rows:
+        pending = connection.mailbox.peek(row.device_token)
+        if isinstance(pending, LiveFix) and pending.position.timestamp >= row.position.timestamp:
+            continue
+        connection.mailbox.put(row.device_token, _snapshot_fix(row))
