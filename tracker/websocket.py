@@ -21,6 +21,7 @@ Every connection runs, in one nursery, a receiver and a sender:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 from collections.abc import Awaitable, Callable
@@ -137,6 +138,59 @@ class Connection:
             # Hypercorn's send may return without yielding after a disconnect:
             # yield here so the receiver can see the disconnect and cancel us.
             await trio.lowlevel.checkpoint()
+
+
+MessageHandler = Callable[[dict[str, Any]], Awaitable[None]]
+
+
+async def run_connection(
+    connection: Connection,
+    *,
+    sender: Callable[[], Awaitable[None]],
+    on_message: MessageHandler,
+    ping_interval: float,
+) -> None:
+    """Run an accepted connection: receiver, pinger and sender in one nursery.
+
+    The receiver answers `ping` with `pong`, ignores `pong`, and hands other
+    messages to on_message; a message over 4 KiB closes with 1009. The pinger
+    sends `ping` every interval and closes a client silent for two. When any
+    of the three ends (or the client goes away) the others are cancelled.
+    """
+    last_heard = trio.current_time()
+
+    async def receiver() -> None:
+        nonlocal last_heard
+        while True:
+            text = await connection.receive_text()
+            last_heard = trio.current_time()
+            if len(text.encode()) > MAX_MESSAGE_BYTES:
+                await connection.close(MESSAGE_TOO_BIG, "message too large")
+                return
+            message = json_message(text)
+            kind = message.get("type") if message else None
+            if kind == "ping":
+                connection.post("pong", {"type": "pong"})
+            elif kind != "pong":
+                await on_message(message or {})
+
+    async def pinger() -> None:
+        while True:
+            await trio.sleep(ping_interval)
+            if trio.current_time() - last_heard > 2 * ping_interval:
+                await connection.close(TIMEOUT, "no answer to pings")
+                return
+            connection.post("ping", {"type": "ping"})
+
+    async with trio.open_nursery() as nursery:
+
+        async def first_to_end(task: Callable[[], Awaitable[None]]) -> None:
+            with contextlib.suppress(Disconnected):
+                await task()
+            nursery.cancel_scope.cancel()
+
+        for task in (receiver, pinger, sender):
+            nursery.start_soon(first_to_end, task)
 
 
 def json_message(text: str) -> dict[str, Any] | None:

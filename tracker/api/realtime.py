@@ -38,8 +38,8 @@ from tracker.websocket import (
     MESSAGE_TOO_BIG,
     TIMEOUT,
     Connection,
-    Disconnected,
     json_message,
+    run_connection,
 )
 
 log = logging.getLogger("tracker.realtime")
@@ -187,58 +187,28 @@ async def realtime_stream(tracker: Tracker, connection: Connection) -> None:
         # The sender has not started: every live fix published since subscribing is
         # still pending, so the snapshot never overtakes a newer one.
         await _queue_snapshot(tracker, connection, instance_id)
-        last_heard = trio.current_time()
 
-        async def receiver(cancel: trio.CancelScope) -> None:
-            nonlocal last_heard
-            while True:
-                text = await connection.receive_text()
-                last_heard = trio.current_time()
-                if len(text.encode()) > MAX_MESSAGE_BYTES:
-                    await connection.close(MESSAGE_TOO_BIG, "message too large")
-                    cancel.cancel()
-                    return
-                incoming = json_message(text) or {}
-                kind = incoming.get("type")
-                if kind == "ping":
-                    connection.post("pong", {"type": "pong"})
-                elif kind == "pong":
-                    pass
-                elif kind == "subscribe":
-                    keys = _device_filter(incoming.get("device_tokens"))
-                    if keys is False:
-                        connection.post("error", _error("device_tokens must be a list of strings"))
-                        continue
-                    subscription.keys = keys
-                    connection.post(
-                        "subscribed",
-                        {"type": "subscribed", "device_tokens": sorted(keys) if keys else None},
-                    )
-                else:
-                    connection.post("error", _error(f"unknown message type {str(kind)[:40]!r}"))
+        async def on_message(message: dict[str, Any]) -> None:
+            if message.get("type") != "subscribe":
+                kind = str(message.get("type"))[:40]
+                connection.post("error", _error(f"unknown message type {kind!r}"))
+                return
+            keys = _device_filter(message.get("device_tokens"))
+            if keys is False:
+                connection.post("error", _error("device_tokens must be a list of strings"))
+                return
+            subscription.keys = keys
+            connection.post(
+                "subscribed",
+                {"type": "subscribed", "device_tokens": sorted(keys) if keys else None},
+            )
 
-        async def pinger(cancel: trio.CancelScope) -> None:
-            while True:
-                await trio.sleep(ping_interval)
-                if trio.current_time() - last_heard > 2 * ping_interval:
-                    await connection.close(TIMEOUT, "no answer to pings")
-                    cancel.cancel()
-                    return
-                connection.post("ping", {"type": "ping"})
-
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(_run_and_cancel, receiver, nursery.cancel_scope)
-            nursery.start_soon(_run_and_cancel, pinger, nursery.cancel_scope)
-            await connection.run_sender(stream_format.render)
-            nursery.cancel_scope.cancel()
-
-
-async def _run_and_cancel(task, cancel: trio.CancelScope) -> None:
-    """Run a connection task; when the client goes away, end the whole connection."""
-    try:
-        await task(cancel)
-    except Disconnected:
-        cancel.cancel()
+        await run_connection(
+            connection,
+            sender=lambda: connection.run_sender(stream_format.render),
+            on_message=on_message,
+            ping_interval=ping_interval,
+        )
 
 
 def _error(message: str) -> dict[str, Any]:
