@@ -23,7 +23,9 @@ from tracker.auth import GENERATED_SECRET_NAME, TokenVerifier
 from tracker.config import Settings
 from tracker.context import Tracker
 from tracker.errors import BadRequest, UnsupportedMediaType, register_error_handlers
+from tracker.expiry import run_sweeper
 from tracker.hub import Hub
+from tracker.ratelimit import RateLimiter
 from tracker.retention import run_pruner
 from tracker.store import Database, server_keys
 from tracker.websocket import Connection, Handler, WebSocketRouter
@@ -75,12 +77,13 @@ def create_app(settings: Settings, db: Database | None = None) -> Quart:
         db=db,
         verifier=open_verifier(settings, db),
         hub=hub,
-        writer=Writer(db, hub, settings.trips.split_gap_seconds),
+        writer=Writer(db, hub, settings.trips.split_gap_seconds, settings.sharing.arrival_radius_m),
+        share_limiter=RateLimiter(settings.sharing.rate_limit_per_minute),
     )
     app.extensions["tracker"] = tracker
     register_error_handlers(app)
 
-    from tracker.api import devices, health, ingest, instances, positions
+    from tracker.api import devices, health, ingest, instances, positions, share, sharing
 
     for blueprint in (
         health.blueprint,
@@ -88,6 +91,8 @@ def create_app(settings: Settings, db: Database | None = None) -> Quart:
         devices.blueprint,
         positions.blueprint,
         ingest.api_blueprint,
+        sharing.blueprint,
+        share.blueprint,
     ):
         app.register_blueprint(blueprint, url_prefix=prefix)
     app.register_blueprint(ingest.apps_blueprint)
@@ -125,13 +130,20 @@ def create_app(settings: Settings, db: Database | None = None) -> Quart:
 def websocket_routes(tracker: Tracker) -> list[tuple[str, Handler]]:
     """The WebSocket endpoints, served on raw ASGI (tracker/websocket.py says why)."""
     from tracker.api.realtime import realtime_stream
+    from tracker.api.share import share_stream
 
     prefix = re.escape(tracker.settings.server.api_prefix)
 
     async def realtime(connection: Connection, params: dict[str, str]) -> None:
         await realtime_stream(tracker, connection)
 
-    return [(f"{prefix}/ws/realtime", realtime)]
+    async def share_live(connection: Connection, params: dict[str, str]) -> None:
+        await share_stream(tracker, connection, params["token"])
+
+    return [
+        (f"{prefix}/ws/realtime", realtime),
+        (f"{prefix}/share/(?P<token>[^/]+)/live", share_live),
+    ]
 
 
 async def run_background(
@@ -143,6 +155,7 @@ async def run_background(
             async with trio.open_nursery() as nursery:
                 await nursery.start(tracker.writer.run)
                 nursery.start_soon(run_pruner, tracker.db, tracker.settings.storage.retention_days)
+                nursery.start_soon(run_sweeper, tracker.db, tracker.hub)
                 task_status.started(scope)
     finally:
         tracker.background_done.set()

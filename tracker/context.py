@@ -15,6 +15,7 @@ from quart import current_app
 from tracker.auth import TokenVerifier
 from tracker.config import Settings
 from tracker.hub import Hub
+from tracker.ratelimit import RateLimiter
 from tracker.store import Database
 from tracker.writer import Writer
 
@@ -26,6 +27,7 @@ class Tracker:
     verifier: TokenVerifier
     hub: Hub
     writer: Writer
+    share_limiter: RateLimiter
     started_at: float = field(default_factory=time.monotonic)
     background: trio.CancelScope | None = None
     background_done: trio.Event = field(default_factory=trio.Event)

@@ -46,6 +46,14 @@ class LiveFix:
     display_name: str
     _encodings: dict[Hashable, Any] = field(default_factory=dict, repr=False)
 
+    def cached(self, key: Hashable) -> Any:
+        """An encoding made earlier under this key (None if none), for async encoders."""
+        return self._encodings.get(key)
+
+    def cache(self, key: Hashable, value: Any) -> Any:
+        self._encodings[key] = value
+        return value
+
     def encoded(self, key: Hashable, encode: Callable[[LiveFix], Any]) -> Any:
         """encode(self), computed once per key and shared by every subscriber asking for it."""
         try:

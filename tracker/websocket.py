@@ -110,6 +110,16 @@ class Connection:
         with trio.move_on_after(CLOSE_TIMEOUT_SECONDS):
             await self._send({"type": "websocket.close", "code": code, "reason": reason[:120]})
 
+    async def send_or_close_slow(self, text: str) -> bool:
+        """Send; a client that does not take it within SLOW_SEND_SECONDS is closed (4009)."""
+        with trio.move_on_after(SLOW_SEND_SECONDS) as scope:
+            await self.send_text(text)
+        if scope.cancelled_caught:
+            log.info("closing slow WebSocket consumer %s", self.client_address)
+            await self.close(SLOW_CONSUMER, "slow consumer")
+            return False
+        return True
+
     def post(self, key: str, message: dict[str, Any]) -> None:
         """Queue a control message (pong, error) for the sender."""
         self.mailbox.put(key, jsoncodec.dumps(message).decode())
@@ -129,11 +139,7 @@ class Connection:
                 text = item if isinstance(item, str) else render(item)
                 if text is None:
                     continue
-                with trio.move_on_after(SLOW_SEND_SECONDS) as scope:
-                    await self.send_text(text)
-                if scope.cancelled_caught:
-                    log.info("closing slow WebSocket consumer %s", self.client_address)
-                    await self.close(SLOW_CONSUMER, "slow consumer")
+                if not await self.send_or_close_slow(text):
                     return
             # Hypercorn's send may return without yielding after a disconnect:
             # yield here so the receiver can see the disconnect and cancel us.

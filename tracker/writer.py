@@ -25,12 +25,15 @@ from dataclasses import dataclass, field
 
 import trio
 
-from tracker.hub import Hub, LiveFix
+from tracker.hub import Hub, LiveFix, session_topic
 from tracker.models import Position
 from tracker.profiles import display_value
+from tracker.sharing import SessionEnded, config_of, has_arrived
 from tracker.store import Database, devices
 from tracker.store import positions as positions_store
+from tracker.store import sessions as sessions_store
 from tracker.store import trips as trips_store
+from tracker.store.sessions import COMPLETED
 from tracker.trips import Trip, choose_trip, recount
 
 log = logging.getLogger("tracker.writer")
@@ -59,10 +62,11 @@ class _Request:
 
 
 class Writer:
-    def __init__(self, db: Database, hub: Hub, split_gap_seconds: float):
+    def __init__(self, db: Database, hub: Hub, split_gap_seconds: float, arrival_radius_m: float):
         self.db = db
         self.hub = hub
         self.split_gap_seconds = split_gap_seconds
+        self.arrival_radius_m = arrival_radius_m
         self._send, self._receive = trio.open_memory_channel[_Request](QUEUE_REQUESTS)
 
     async def submit(self, device_token: str, positions: list[Position]) -> IngestResult:
@@ -93,10 +97,11 @@ class Writer:
 
     async def _commit(self, batch: list[_Request]) -> None:
         try:
-            results, live = await self.db.write(
+            results, live, arrived = await self.db.write(
                 commit_batch,
                 [(r.device_token, r.positions) for r in batch],
                 self.split_gap_seconds,
+                self.arrival_radius_m,
                 time.time(),
             )
         except Exception as error:  # answered as a 5xx by the caller; nothing was stored
@@ -113,6 +118,8 @@ class Writer:
             request.done.set()
         for fix in live:
             self.hub.publish_fix(fix)
+        for session_id in arrived:
+            self.hub.publish(session_topic(session_id), "ended", SessionEnded("arrived"))
 
 
 class _BatchState:
@@ -167,9 +174,14 @@ def commit_batch(
     conn: sqlite3.Connection,
     requests: list[tuple[str, list[Position]]],
     gap: float,
+    arrival_radius_m: float,
     received_at: float,
-) -> tuple[list[IngestResult | Exception], list[LiveFix]]:
-    """Store each request's positions in one transaction (runs in the writer thread)."""
+) -> tuple[list[IngestResult | Exception], list[LiveFix], list[str]]:
+    """Store each request's positions in one transaction (runs in the writer thread).
+
+    Returns each request's result, the fixes that became live, and the share
+    sessions this commit completed on arrival.
+    """
     state = _BatchState(conn, gap)
     results: list[IngestResult | Exception] = []
     rows: list[tuple[str, str, Position]] = []
@@ -219,4 +231,23 @@ def commit_batch(
                 display_name=display_value(device.profile, device.display_field, token),
             )
         )
-    return results, live
+    return results, live, _complete_arrivals(conn, state.newest, arrival_radius_m, received_at)
+
+
+def _complete_arrivals(
+    conn: sqlite3.Connection,
+    newest: dict[str, tuple[Position, str]],
+    arrival_radius_m: float,
+    now: float,
+) -> list[str]:
+    """Complete the auto-completing share sessions whose vehicle has just arrived."""
+    arrived = []
+    for session in sessions_store.active_for_devices(conn, newest.keys(), now):
+        position = newest[session.device_token][0]
+        if not config_of(session)["auto_complete_on_arrival"]:
+            continue
+        if has_arrived(session, position, arrival_radius_m) and sessions_store.end(
+            conn, session.id, COMPLETED, "arrived", now
+        ):
+            arrived.append(session.id)
+    return arrived

@@ -142,6 +142,18 @@ def of_trip(
     return [_position(row) for row in rows]
 
 
+def last_since(
+    conn: sqlite3.Connection, device_token: str, since: float, limit: int
+) -> list[Position]:
+    """The device's last `limit` positions at or after `since`, in time order."""
+    rows = conn.execute(
+        f"SELECT {_COLUMNS} FROM positions WHERE device_token = ? AND ts >= ?"
+        " ORDER BY ts DESC LIMIT ?",
+        (device_token, since, limit),
+    ).fetchall()
+    return [_position(row) for row in reversed(rows)]
+
+
 def recent(conn: sqlite3.Connection, device_token: str, since: float) -> list[Position]:
     rows = conn.execute(
         f"SELECT {_COLUMNS} FROM positions WHERE device_token = ? AND ts >= ? ORDER BY ts",

@@ -110,6 +110,11 @@ def m001_initial(db: sqlite_utils.Database) -> None:
     )
 
 
+@migrations()
+def m002_share_sessions_by_device(db: sqlite_utils.Database) -> None:
+    db.execute("CREATE INDEX share_sessions_device ON share_sessions(device_token, status)")
+
+
 def migrate(conn: sqlite3.Connection) -> None:
     """Apply every pending migration to the database behind conn."""
     migrations.apply(sqlite_utils.Database(conn))

@@ -1,0 +1,226 @@
+"""Share sessions, admin side: create, list, read, update, complete, cancel.
+
+The share token is answered once, at creation (only its hash is stored).
+Ending or updating an ended session is 409. Every change is published on
+the session's hub topic, so live viewers see it at once.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+from pydantic import BaseModel, ConfigDict, Field, StrictBool
+from quart import Blueprint, request
+from quart_schema import validate_request
+
+from tracker.api import page, pagination, requires, visible_device
+from tracker.auth import Principal
+from tracker.context import current
+from tracker.errors import BadRequest, Conflict, NotFound, Unprocessable
+from tracker.hub import session_topic
+from tracker.models import LongText, ShortText
+from tracker.sharing import (
+    SessionChanged,
+    SessionEnded,
+    admin_view,
+    effective_status,
+    hash_share_token,
+    links,
+    new_share_token,
+)
+from tracker.store import sessions as sessions_store
+from tracker.store.sessions import ACTIVE, CANCELLED, COMPLETED, STATUSES, ShareSession
+
+blueprint = Blueprint("sharing", __name__)
+
+DEFAULT_EXPIRES_IN_HOURS = 4
+
+
+class Destination(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    latitude: float = Field(ge=-90, le=90, allow_inf_nan=False)
+    longitude: float = Field(ge=-180, le=180, allow_inf_nan=False)
+    label: ShortText | None = None
+
+
+class ShareConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    show_speed: StrictBool | None = None
+    show_heading: StrictBool | None = None
+    show_eta: StrictBool | None = None
+    show_destination_on_map: StrictBool | None = None
+    auto_complete_on_arrival: StrictBool | None = None
+
+    def given(self) -> dict[str, bool]:
+        return {k: v for k, v in self.model_dump().items() if v is not None}
+
+
+class ShareCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    device_token: str = Field(min_length=1, max_length=128)
+    instance_id: str | None = Field(None, max_length=64)
+    expires_in_hours: float = Field(DEFAULT_EXPIRES_IN_HOURS, gt=0, allow_inf_nan=False)
+    recipient_name: ShortText | None = None
+    notes: LongText | None = None
+    order_id: ShortText | None = None
+    destination: Destination | None = None
+    share_config: ShareConfig | None = None
+
+
+class ShareUpdate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    destination: Destination | None = None
+    share_config: ShareConfig | None = None
+    notes: LongText | None = None
+    recipient_name: ShortText | None = None
+    order_id: ShortText | None = None
+
+
+def _destination(value: Destination | None) -> dict | None:
+    return value.model_dump(exclude_none=True) if value else None
+
+
+@blueprint.post("/sharing/sessions")
+@requires("admin")
+@validate_request(ShareCreate)
+async def create_session(data: ShareCreate, principal: Principal) -> tuple[dict, int]:
+    tracker = current()
+    device = await visible_device(principal, data.device_token, data.instance_id)
+    max_hours = tracker.settings.sharing.max_expires_in_hours
+    if data.expires_in_hours > max_hours:
+        raise Unprocessable(f"expires_in_hours: at most {max_hours:g}")
+    token = new_share_token()
+    now = time.time()
+    session = ShareSession(
+        id=uuid.uuid4().hex,
+        token_hash=hash_share_token(token),
+        instance_id=device.instance_id,
+        device_token=device.token,
+        status=ACTIVE,
+        end_reason=None,
+        created_at=now,
+        expires_at=now + data.expires_in_hours * 3600,
+        ended_at=None,
+        recipient_name=data.recipient_name,
+        notes=data.notes,
+        order_id=data.order_id,
+        destination=_destination(data.destination),
+        share_config=data.share_config.given() if data.share_config else {},
+    )
+    await tracker.db.write(sessions_store.create, session)
+    session_links = links(tracker.settings, token)
+    return {
+        **admin_view(session, now),
+        "share_token": token,
+        "share_url": session_links["map_url"],
+        "links": session_links,
+    }, 201
+
+
+def _instance_arg(principal: Principal) -> str:
+    instance_id = request.args.get("instance_id")
+    if not instance_id:
+        raise BadRequest("instance_id is required")
+    principal.require_instance(instance_id)
+    return instance_id
+
+
+@blueprint.get("/sharing/sessions")
+@requires()
+async def list_sessions(principal: Principal) -> dict:
+    instance_id = _instance_arg(principal)
+    limit, offset = pagination()
+    status = request.args.get("status")
+    if status is not None and status not in STATUSES:
+        raise BadRequest(f"status must be one of {', '.join(STATUSES)}, got {status[:40]!r}")
+    now = time.time()
+    sessions, total = await current().db.read(
+        lambda conn: sessions_store.search(
+            conn,
+            instance_id,
+            now,
+            status=status,
+            device_token=_arg("device_token"),
+            order_id=_arg("order_id"),
+            limit=limit,
+            offset=offset,
+        )
+    )
+    return page([admin_view(s, now) for s in sessions], total, limit, offset)
+
+
+def _arg(name: str) -> str | None:
+    return request.args.get(name) or None
+
+
+async def _visible_session(principal: Principal, session_id: str) -> ShareSession:
+    """The session, when the caller's token covers its instance; else 404 (403 for a named foreign instance)."""
+    instance_id = request.args.get("instance_id")
+    if instance_id is not None:
+        principal.require_instance(instance_id)
+    session = await current().db.read(sessions_store.get, session_id)
+    if session is None or not principal.may_access(session.instance_id):
+        raise NotFound("no such share session")
+    if instance_id is not None and session.instance_id != instance_id:
+        raise NotFound("no such share session")
+    return session
+
+
+@blueprint.get("/sharing/sessions/<session_id>")
+@requires()
+async def get_session(session_id: str, principal: Principal) -> dict:
+    return admin_view(await _visible_session(principal, session_id))
+
+
+def _already_ended(session: ShareSession) -> Conflict:
+    return Conflict(
+        f"the session is {effective_status(session)}", details={"status": effective_status(session)}
+    )
+
+
+@blueprint.patch("/sharing/sessions/<session_id>")
+@requires("admin")
+@validate_request(ShareUpdate)
+async def update_session(session_id: str, data: ShareUpdate, principal: Principal) -> dict:
+    tracker = current()
+    session = await _visible_session(principal, session_id)
+    changes: dict = {}
+    for name in data.model_fields_set:
+        value = getattr(data, name)
+        if name == "destination":
+            changes[name] = _destination(value)
+        elif name == "share_config":
+            changes[name] = {**session.share_config, **(value.given() if value else {})}
+        else:
+            changes[name] = value
+    if not await tracker.db.write(sessions_store.update, session_id, time.time(), changes):
+        raise _already_ended(session)
+    tracker.hub.publish(session_topic(session_id), "changed", SessionChanged())
+    return admin_view(await tracker.db.read(sessions_store.get, session_id))
+
+
+async def _end(principal: Principal, session_id: str, status: str) -> dict:
+    tracker = current()
+    session = await _visible_session(principal, session_id)
+    now = time.time()
+    if not await tracker.db.write(sessions_store.end, session_id, status, status, now):
+        raise _already_ended(session)
+    tracker.hub.publish(session_topic(session_id), "ended", SessionEnded(status))
+    return admin_view(await tracker.db.read(sessions_store.get, session_id), now)
+
+
+@blueprint.post("/sharing/sessions/<session_id>/complete")
+@requires("admin")
+async def complete_session(session_id: str, principal: Principal) -> dict:
+    return await _end(principal, session_id, COMPLETED)
+
+
+@blueprint.delete("/sharing/sessions/<session_id>")
+@requires("admin")
+async def cancel_session(session_id: str, principal: Principal) -> dict:
+    return await _end(principal, session_id, CANCELLED)
