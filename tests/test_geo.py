@@ -140,3 +140,12 @@ def test_imperial_units_for_the_realtime_stream():
     assert mps_to_mph(0.0) == 0.0
     assert metres_to_feet(100.0) == pytest.approx(328.084, rel=1e-5)
     assert metres_to_feet(0.3048) == pytest.approx(1.0)
+
+
+def test_initial_bearing_points_the_right_way():
+    from tracker.geo import initial_bearing_deg
+
+    assert initial_bearing_deg(0, 0, 1, 0) == pytest.approx(0)
+    assert initial_bearing_deg(0, 0, 0, 1) == pytest.approx(90)
+    assert initial_bearing_deg(0, 0, -1, 0) == pytest.approx(180)
+    assert initial_bearing_deg(0, 0, 0, -1) == pytest.approx(270)

@@ -58,6 +58,17 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> None:
     run_demo(settings, as_json=getattr(args, "json", False))
 
 
+def cmd_watch(args: argparse.Namespace, settings: Settings) -> None:
+    from tracker.watch import run_watch
+
+    server = settings.server
+    url = args.url or f"ws://{server.host}:{server.port}{server.api_prefix}/ws/realtime"
+    extra = {"units": args.units, "timezone": args.timezone, "date_format": args.date_format}
+    code = run_watch(url, args.token, args.instance, **extra)
+    if code not in (1000, 1001):
+        raise CommandError(f"the server closed the stream with code {code}")
+
+
 def cmd_instance_create(args: argparse.Namespace, settings: Settings) -> None:
     try:
         name = clean_text(args.name, "name", max_length=200)
@@ -143,6 +154,14 @@ def build_parser() -> argparse.ArgumentParser:
     command(commands, "serve", cmd_serve, "run the server")
     command(commands, "demo", cmd_demo, "run the server with a demo fleet driving")
 
+    watch = command(commands, "watch", cmd_watch, "print an instance's live stream")
+    watch.add_argument("--instance", required=True, help="instance id")
+    watch.add_argument("--token", required=True, help="a read or admin JWT")
+    watch.add_argument("--url", help="the /ws/realtime URL (default: from the config)")
+    watch.add_argument("--units", default="metric", choices=("metric", "imperial"))
+    watch.add_argument("--timezone", default="UTC")
+    watch.add_argument("--date-format", default="iso", choices=("unix", "iso", "human"))
+
     instance = commands.add_parser("instance", help="manage instances (fleets)")
     instance_commands = instance.add_subparsers(dest="action", required=True, metavar="ACTION")
     create = command(instance_commands, "create", cmd_instance_create, "create an instance")
@@ -173,6 +192,7 @@ def main(argv: list[str] | None = None) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     try:
         settings = load_settings(args.config)
         args.handler(args, settings)

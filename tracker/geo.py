@@ -50,6 +50,15 @@ def haversine_m(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
     return 2 * EARTH_MEAN_RADIUS_M * math.asin(math.sqrt(min(h, 1.0)))
 
 
+def initial_bearing_deg(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
+    """The compass bearing, in [0, 360), to set off on from point 1 towards point 2."""
+    phi1, phi2 = math.radians(lat1), math.radians(lat2)
+    dlambda = math.radians(lon2 - lon1)
+    x = math.sin(dlambda) * math.cos(phi2)
+    y = math.cos(phi1) * math.sin(phi2) - math.sin(phi1) * math.cos(phi2) * math.cos(dlambda)
+    return math.degrees(math.atan2(x, y)) % 360.0
+
+
 def advance_distance(
     anchor_lat: float,
     anchor_lon: float,

@@ -35,3 +35,11 @@ def device_count(conn: sqlite3.Connection, instance_id: str) -> int:
     return conn.execute(
         "SELECT count(*) FROM devices WHERE instance_id = ?", (instance_id,)
     ).fetchone()[0]
+
+
+def by_name(conn: sqlite3.Connection, name: str) -> Instance | None:
+    row = conn.execute(
+        "SELECT id, name, created_at FROM instances WHERE name = ? ORDER BY created_at LIMIT 1",
+        (name,),
+    ).fetchone()
+    return Instance(**dict(row)) if row else None
