@@ -83,12 +83,13 @@ def create_app(settings: Settings, db: Database | None = None) -> Quart:
     app.extensions["tracker"] = tracker
     register_error_handlers(app)
 
-    from tracker.api import devices, health, ingest, instances, positions, share, sharing
+    from tracker.api import devices, health, ingest, instances, metadata, positions, share, sharing
 
     for blueprint in (
         health.blueprint,
         instances.blueprint,
         devices.blueprint,
+        metadata.blueprint,
         positions.blueprint,
         ingest.api_blueprint,
         sharing.blueprint,

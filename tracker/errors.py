@@ -104,7 +104,10 @@ def describe_validation_error(error: Exception) -> tuple[str, list[dict]]:
         return str(error), []
     fields = []
     for item in errors(include_url=False, include_input=False, include_context=False):
-        location = ".".join(str(part) for part in item["loc"]) or "body"
+        location = ""
+        for part in item["loc"]:
+            location += f"[{part}]" if isinstance(part, int) else f".{part}" if location else part
+        location = location or "body"
         fields.append({"field": location, "message": item["msg"]})
     message = "; ".join(f"{f['field']}: {f['message']}" for f in fields)
     return message or "invalid input", fields

@@ -202,9 +202,7 @@ def _clean_long(value: str) -> str:
 # Strings for request models: checked by clean_text (no controls, bidi or surrogates; NFC).
 ShortText = Annotated[str, AfterValidator(_clean_short)]
 LongText = Annotated[str, AfterValidator(_clean_long)]
-DisplayField = Literal[
-    "full_name", "first_name", "last_name", "nickname", "email", "phone", "client_id"
-]
+DisplayField = Literal[PROFILE_FIELDS]  # type: ignore[valid-type]
 
 
 class Profile(BaseModel):

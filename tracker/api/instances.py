@@ -14,7 +14,7 @@ blueprint = Blueprint("instances", __name__)
 
 
 @blueprint.get("/instances/<instance_id>")
-@requires()
+@requires("read", "admin")
 async def get_instance(instance_id: str, principal: Principal) -> dict:
     principal.require_instance(instance_id)
     instance = await current().db.read(instances.get, instance_id)

@@ -37,7 +37,7 @@ def position_fields(position: Position, style: TimeStyle) -> dict:
 
 
 @blueprint.get("/devices/<device_token>/position")
-@requires()
+@requires("read", "admin")
 async def get_position(device_token: str, principal: Principal) -> dict:
     instance_id = request.args.get("instance_id")
     device = await visible_device(principal, device_token, instance_id)
@@ -59,7 +59,7 @@ async def get_position(device_token: str, principal: Principal) -> dict:
 
 
 @blueprint.get("/devices/<device_token>/tracks")
-@requires()
+@requires("read", "admin")
 async def get_tracks(device_token: str, principal: Principal) -> dict:
     await visible_device(principal, device_token, request.args.get("instance_id"))
     style = time_style()
@@ -79,7 +79,7 @@ async def get_tracks(device_token: str, principal: Principal) -> dict:
 
 
 @blueprint.get("/devices/<device_token>/stats")
-@requires()
+@requires("read", "admin")
 async def get_stats(device_token: str, principal: Principal) -> dict:
     await visible_device(principal, device_token, request.args.get("instance_id"))
     style = time_style()

@@ -131,7 +131,7 @@ def _instance_arg(principal: Principal) -> str:
 
 
 @blueprint.get("/sharing/sessions")
-@requires()
+@requires("read", "admin")
 async def list_sessions(principal: Principal) -> dict:
     instance_id = _instance_arg(principal)
     limit, offset = pagination()
@@ -172,7 +172,7 @@ async def _visible_session(principal: Principal, session_id: str) -> ShareSessio
 
 
 @blueprint.get("/sharing/sessions/<session_id>")
-@requires()
+@requires("read", "admin")
 async def get_session(session_id: str, principal: Principal) -> dict:
     return admin_view(await _visible_session(principal, session_id))
 

@@ -148,3 +148,64 @@ def list_for_instance(
         (instance_id, limit, offset),
     ).fetchall()
     return [_device(row) for row in rows], total
+
+
+class MissingDevices(Exception):
+    """Some devices named in an all-or-nothing change are not in the instance."""
+
+    def __init__(self, tokens: list[str]):
+        super().__init__(", ".join(tokens))
+        self.tokens = tokens
+
+
+def in_instance(conn: sqlite3.Connection, instance_id: str, tokens: list[str]) -> dict[str, Device]:
+    """The devices among `tokens` that belong to the instance, by token (others are left out)."""
+    rows = conn.execute(
+        f"SELECT {_COLUMNS} FROM devices WHERE instance_id = ?"
+        " AND token IN (SELECT value FROM json_each(?))",
+        (instance_id, jsoncodec.dumps(tokens).decode()),
+    ).fetchall()
+    return {row["token"]: _device(row) for row in rows}
+
+
+def all_in_instance(conn: sqlite3.Connection, instance_id: str) -> list[Device]:
+    rows = conn.execute(
+        f"SELECT {_COLUMNS} FROM devices WHERE instance_id = ? ORDER BY token", (instance_id,)
+    ).fetchall()
+    return [_device(row) for row in rows]
+
+
+def set_display_fields(
+    conn: sqlite3.Connection, instance_id: str, display_fields: dict[str, str]
+) -> list[Device]:
+    """Set many devices' display fields at once, or none: MissingDevices when any is not there.
+
+    The check and the updates share the caller's transaction, so a device
+    deleted meanwhile cannot leave the change half done.
+    """
+    tokens = list(display_fields)
+    present = in_instance(conn, instance_id, tokens)
+    missing = [token for token in tokens if token not in present]
+    if missing:
+        raise MissingDevices(missing)
+    conn.executemany(
+        "UPDATE devices SET display_field = ? WHERE token = ?",
+        [(display_field, token) for token, display_field in display_fields.items()],
+    )
+    updated = in_instance(conn, instance_id, tokens)
+    return [updated[token] for token in tokens]
+
+
+def set_profiles(
+    conn: sqlite3.Connection, profiles: dict[str, dict[str, str]]
+) -> dict[str, Device]:
+    """Replace the profiles of several devices; returns the devices still there, updated."""
+    conn.executemany(
+        "UPDATE devices SET profile = ? WHERE token = ?",
+        [(jsoncodec.dumps(profile).decode(), token) for token, profile in profiles.items()],
+    )
+    rows = conn.execute(
+        f"SELECT {_COLUMNS} FROM devices WHERE token IN (SELECT value FROM json_each(?))",
+        (jsoncodec.dumps(list(profiles)).decode(),),
+    ).fetchall()
+    return {row["token"]: _device(row) for row in rows}
