@@ -1,0 +1,199 @@
+"""Instance isolation, route by route: a token of instance A never reaches instance B.
+
+The matrix is checked against the app's route table: a new route without an
+entry here (or in PUBLIC) fails the test, so nobody adds an endpoint without
+deciding how it is isolated.
+"""
+
+import json
+import time
+
+import trio
+from trio_websocket import ConnectionClosed, open_websocket_url
+
+from tests.conftest import bearer
+from tracker.models import Position
+from tracker.store import devices as devices_store
+from tracker.store import sessions as sessions_store
+
+PREFIX = "/api/v1"
+
+# Routes with no JWT: their credential is something else, or nothing.
+PUBLIC = {
+    "GET /api/v1/openapi.json",  # the API description
+    "GET /api/v1/health",
+    "GET /api/v1/share/<share_token>",  # the share token is the credential
+    "GET /ingest/osmand",  # the ingest key is the credential
+    "POST /ingest/osmand",
+    "GET /",  # the OsmAnd listener
+    "POST /",
+    "POST /ingest/owntracks",  # Basic auth with the ingest key
+    "GET /share/<share_token>",  # the share page (HTML)
+    "GET /static/<path:filename>",
+    "GET /static/leaflet/<path:filename>",
+    "GET /static/share.css",
+    "GET /static/share.js",
+}
+
+# How to aim each authenticated route at instance B's objects.
+# {device}, {session}, {instance} are B's; every call is made with A's tokens, with and
+# without `?instance_id=` of B (routes marked instance_in_query need it to name anything).
+MATRIX = {
+    "GET /api/v1/instances/<instance_id>": {},
+    "POST /api/v1/devices": {"body": {"instance_id": "{instance}", "device_token": "stolen"}},
+    "POST /api/v1/devices/<device_token>/ingest-key": {},
+    "PUT /api/v1/devices/<device_token>/profile": {"body": {"full_name": "Hijacked"}},
+    "DELETE /api/v1/devices/<device_token>": {},
+    "GET /api/v1/devices/metadata": {"instance_in_query": True},
+    "GET /api/v1/devices/<device_token>/metadata": {},
+    "PATCH /api/v1/devices/<device_token>/metadata/display-field": {
+        "body": {"display_field": "nickname"}
+    },
+    "POST /api/v1/devices/metadata/display-field/bulk": {
+        "body": {"mappings": [{"device_token": "{device}", "display_field": "email"}]},
+        "instance_in_query": True,
+    },
+    "POST /api/v1/devices/<device_token>/metadata/refresh": {},
+    "POST /api/v1/devices/metadata/refresh": {
+        "body": {"device_tokens": ["{device}"]},
+        "instance_in_query": True,
+    },
+    "GET /api/v1/devices/<device_token>/position": {},
+    "GET /api/v1/devices/<device_token>/tracks": {},
+    "GET /api/v1/devices/<device_token>/stats": {},
+    "POST /api/v1/devices/<device_token>/positions": {"body": {"latitude": 1, "longitude": 1}},
+    "POST /api/v1/sharing/sessions": {"body": {"device_token": "{device}"}},
+    "GET /api/v1/sharing/sessions": {"instance_in_query": True},
+    "GET /api/v1/sharing/sessions/<session_id>": {},
+    "PATCH /api/v1/sharing/sessions/<session_id>": {"body": {"notes": "Hijacked"}},
+    "POST /api/v1/sharing/sessions/<session_id>/complete": {},
+    "DELETE /api/v1/sharing/sessions/<session_id>": {},
+}
+
+
+def route_keys(app) -> set[str]:
+    keys = set()
+    for rule in app.url_map.iter_rules():
+        for method in rule.methods - {"HEAD", "OPTIONS"}:
+            keys.add(f"{method} {rule.rule}")
+    return keys
+
+
+def fill(value, ids: dict[str, str]):
+    if isinstance(value, str):
+        return value.format(**ids)
+    if isinstance(value, list):
+        return [fill(item, ids) for item in value]
+    if isinstance(value, dict):
+        return {key: fill(item, ids) for key, item in value.items()}
+    return value
+
+
+def test_every_route_has_an_isolation_entry(app):
+    missing = route_keys(app) - set(MATRIX) - PUBLIC
+    assert not missing, f"routes without an isolation entry: {sorted(missing)}"
+
+
+async def b_secrets_and_ids(tracker, fleet, http) -> tuple[dict[str, str], list[str], str]:
+    await tracker.writer.submit(
+        fleet.b.device_token,
+        [Position.build(latitude=12.345678, longitude=65.432109, timestamp=time.time())],
+    )
+    created = await http.post(
+        "/sharing/sessions",
+        json={
+            "device_token": fleet.b.device_token,
+            "notes": "Bravo secret note",
+            "order_id": "BRAVO-ORDER-77",
+        },
+        headers=bearer(fleet.b.admin_token),
+    )
+    session = created.json()
+    ids = {
+        "device": fleet.b.device_token,
+        "session": session["id"],
+        "instance": fleet.b.instance_id,
+    }
+    secrets = [
+        "Bravo",
+        "12.345678",
+        "65.432109",
+        "BRAVO-ORDER-77",
+        fleet.b.device_token,
+        session["id"],
+        fleet.b.instance_id,
+    ]
+    return ids, secrets, session["share_token"]
+
+
+async def test_instance_a_token_never_reaches_instance_b(http, tracker, fleet):
+    ids, secrets, share_token = await b_secrets_and_ids(tracker, fleet, http)
+    path_values = {
+        "instance_id": ids["instance"],
+        "device_token": ids["device"],
+        "session_id": ids["session"],
+    }
+    failures = []
+    for key, entry in MATRIX.items():
+        method, rule = key.split(" ", 1)
+        path = rule.removeprefix(PREFIX)
+        for name, value in path_values.items():
+            path = path.replace(f"<{name}>", value)
+        body = fill(entry.get("body"), ids)
+        queries = [{"instance_id": ids["instance"]}]
+        if not entry.get("instance_in_query"):
+            queries.append({})
+        for query in queries:
+            for token in (fleet.a.admin_token, fleet.a.read_token, share_token):
+                response = await http.request(
+                    method, path, params=query, json=body, headers=bearer(token)
+                )
+                if response.status_code not in (401, 403, 404):
+                    failures.append((key, query, response.status_code))
+                leaked = [s for s in secrets if s in response.text]
+                if leaked:
+                    failures.append((key, query, "leaked", leaked))
+    assert failures == []
+
+    # And nothing of B's changed.
+    device = await tracker.db.read(devices_store.get, fleet.b.device_token)
+    assert device.profile == {"full_name": "Bravo Driver"}
+    assert device.display_field == "full_name"
+    session = await tracker.db.read(sessions_store.get, ids["session"])
+    assert session.status == "active" and session.notes == "Bravo secret note"
+    assert await tracker.db.read(devices_store.get, "stolen") is None
+    b_still_ingests = await http.post(
+        f"/devices/{fleet.b.device_token}/positions",
+        json={"latitude": 2, "longitude": 2},
+        headers={"X-Ingest-Key": fleet.b.ingest_key},
+    )
+    assert b_still_ingests.status_code == 201  # B's key was not rotated
+
+
+async def test_websockets_refuse_instance_a_tokens_for_b(server, http, tracker, fleet):
+    ids, secrets, share_token = await b_secrets_and_ids(tracker, fleet, http)
+    for token, code in (
+        (fleet.a.admin_token, 4003),
+        (fleet.a.read_token, 4003),
+        (share_token, 4001),
+    ):
+        async with open_websocket_url(f"{server.ws}/ws/realtime") as ws:
+            await ws.send_message(
+                json.dumps({"type": "authenticate", "jwt": token, "instance_id": ids["instance"]})
+            )
+            received = []
+            with trio.fail_after(5):
+                try:
+                    while True:
+                        received.append(await ws.get_message())
+                except ConnectionClosed as closed:
+                    assert closed.reason.code == code
+            assert not any(s in m for m in received for s in secrets)
+    # A's token on a share stream is no key to B's share: the path needs B's share token.
+    async with open_websocket_url(f"{server.ws}/share/{fleet.a.admin_token[:22]}/live") as ws:
+        with trio.fail_after(5):
+            try:
+                while True:
+                    await ws.get_message()
+            except ConnectionClosed as closed:
+                assert closed.reason.code == 4001
