@@ -21,6 +21,7 @@ from quart_trio.wrappers import TrioRequest
 from tracker import __version__, jsoncodec
 from tracker.auth import GENERATED_SECRET_NAME, TokenVerifier
 from tracker.config import Settings
+from tracker.connlimit import PerAddressLimit
 from tracker.context import Tracker
 from tracker.errors import BadRequest, UnsupportedMediaType, register_error_handlers
 from tracker.expiry import run_sweeper
@@ -83,7 +84,16 @@ def create_app(settings: Settings, db: Database | None = None) -> Quart:
     app.extensions["tracker"] = tracker
     register_error_handlers(app)
 
-    from tracker.api import devices, health, ingest, instances, metadata, positions, share, sharing
+    from tracker.api import (
+        devices,
+        health,
+        ingest,
+        instances,
+        metadata,
+        positions,
+        share,
+        sharing,
+    )
 
     for blueprint in (
         health.blueprint,
@@ -97,7 +107,10 @@ def create_app(settings: Settings, db: Database | None = None) -> Quart:
     ):
         app.register_blueprint(blueprint, url_prefix=prefix)
     app.register_blueprint(ingest.apps_blueprint)
-    app.asgi_app = WebSocketRouter(app.asgi_app, websocket_routes(tracker))
+    app.asgi_app = PerAddressLimit(
+        WebSocketRouter(app.asgi_app, websocket_routes(tracker)),
+        settings.server.max_connections_per_address,
+    )
 
     @app.before_request
     async def _read_body_first() -> None:

@@ -32,6 +32,7 @@ class ServerSettings(_Section):
     port: int = Field(8080, ge=0, le=65535)
     public_url: str = "http://127.0.0.1:8080"
     api_prefix: str = "/api/v1"
+    max_connections_per_address: int = Field(256, ge=0)
 
     @field_validator("api_prefix")
     @classmethod

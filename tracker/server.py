@@ -13,6 +13,7 @@ background tasks) ends.
 from __future__ import annotations
 
 import logging
+import math
 import signal
 from collections.abc import Awaitable, Callable
 
@@ -36,7 +37,7 @@ def hypercorn_config(settings: Settings) -> HypercornConfig:
     if settings.ingest.osmand_port:
         config.bind.append(f"{settings.server.host}:{settings.ingest.osmand_port}")
     config.backlog = LISTEN_BACKLOG
-    config.read_timeout = int(2 * settings.realtime.ping_interval_seconds + 10)
+    config.read_timeout = math.ceil(2 * settings.realtime.ping_interval_seconds + 5)
     config.websocket_max_message_size = WEBSOCKET_MAX_MESSAGE_BYTES
     config.graceful_timeout = GRACEFUL_TIMEOUT_SECONDS
     config.accesslog = None  # share tokens are in paths; they never go to a log
