@@ -57,9 +57,20 @@ class Principal:
         if not self.may_access(instance_id):
             raise Forbidden("this token does not grant access to that instance")
 
-    def require_visible(self, instance_id: str, what: str = "not found") -> None:
-        """404 when an object belongs to an instance outside the token."""
-        if not self.may_access(instance_id):
+    def require_owner_visible(
+        self, owner_instance: str | None, named_instance: str | None, what: str
+    ) -> None:
+        """The isolation rule for one object (a device, a session) the caller asked for.
+
+        403 when the caller named an instance outside its token; 404 when the
+        object is missing (owner None), belongs to an instance outside the
+        token, or is not in the instance the caller named.
+        """
+        if named_instance is not None:
+            self.require_instance(named_instance)
+        if owner_instance is None or not self.may_access(owner_instance):
+            raise NotFound(what)
+        if named_instance is not None and owner_instance != named_instance:
             raise NotFound(what)
 
     def require_scope(self, *allowed: Scope) -> None:

@@ -15,7 +15,7 @@ from quart import request
 
 from tracker.auth import Principal, Scope, bearer_token
 from tracker.context import current
-from tracker.errors import BadRequest, NotFound
+from tracker.errors import BadRequest
 from tracker.store import devices as device_store
 from tracker.store.devices import Device
 from tracker.timefmt import TimeFormatError, TimeStyle
@@ -53,13 +53,9 @@ async def visible_device(
 
     A named instance outside the token is 403; a device outside the named instance 404.
     """
-    if instance_id is not None:
-        principal.require_instance(instance_id)
     device = await current().db.read(device_store.get, device_token)
-    if device is None or not principal.may_access(device.instance_id):
-        raise NotFound("no such device")
-    if instance_id is not None and device.instance_id != instance_id:
-        raise NotFound("no such device")
+    owner = device.instance_id if device else None
+    principal.require_owner_visible(owner, instance_id, "no such device")
     return device
 
 

@@ -17,7 +17,7 @@ from quart_schema import validate_request
 from tracker.api import page, pagination, requires, visible_device
 from tracker.auth import Principal
 from tracker.context import current
-from tracker.errors import BadRequest, Conflict, NotFound, Unprocessable
+from tracker.errors import BadRequest, Conflict, Unprocessable
 from tracker.hub import session_topic
 from tracker.models import LongText, ShortText
 from tracker.sharing import (
@@ -160,14 +160,9 @@ def _arg(name: str) -> str | None:
 
 async def _visible_session(principal: Principal, session_id: str) -> ShareSession:
     """The session, when the caller's token covers its instance; else 404 (403 for a named foreign instance)."""
-    instance_id = request.args.get("instance_id")
-    if instance_id is not None:
-        principal.require_instance(instance_id)
     session = await current().db.read(sessions_store.get, session_id)
-    if session is None or not principal.may_access(session.instance_id):
-        raise NotFound("no such share session")
-    if instance_id is not None and session.instance_id != instance_id:
-        raise NotFound("no such share session")
+    owner = session.instance_id if session else None
+    principal.require_owner_visible(owner, request.args.get("instance_id"), "no such share session")
     return session
 
 
