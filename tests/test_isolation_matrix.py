@@ -29,7 +29,6 @@ PUBLIC = {
     "POST /",
     "POST /ingest/owntracks",  # Basic auth with the ingest key
     "GET /share/<share_token>",  # the share page (HTML)
-    "GET /static/<path:filename>",
     "GET /static/leaflet/<path:filename>",
     "GET /static/share.css",
     "GET /static/share.js",

@@ -92,6 +92,7 @@ def create_app(settings: Settings, db: Database | None = None) -> Quart:
         metadata,
         positions,
         share,
+        share_page,
         sharing,
     )
 
@@ -107,6 +108,7 @@ def create_app(settings: Settings, db: Database | None = None) -> Quart:
     ):
         app.register_blueprint(blueprint, url_prefix=prefix)
     app.register_blueprint(ingest.apps_blueprint)
+    app.register_blueprint(share_page.blueprint)  # the recipient's page: no API prefix
     app.asgi_app = PerAddressLimit(
         WebSocketRouter(app.asgi_app, websocket_routes(tracker)),
         settings.server.max_connections_per_address,
