@@ -1,6 +1,6 @@
 """SIGKILL at random moments under concurrent ingest and share changes loses nothing acknowledged.
 
-Bounded: TRACKER_CRASH_KILLS kills (default 5; the documented heavier run uses 50).
+Bounded: CRASH_KILLS kills (default 5; the documented heavier run uses 50).
 """
 
 import json
@@ -16,7 +16,7 @@ import trio
 
 from tests.conftest import ServerProcess
 
-KILLS = int(os.environ.get("TRACKER_CRASH_KILLS", "5"))
+KILLS = int(os.environ.get("CRASH_KILLS", "5"))
 
 
 @pytest.fixture

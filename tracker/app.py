@@ -19,6 +19,7 @@ from quart_trio import QuartTrio
 from quart_trio.wrappers import TrioRequest
 
 from tracker import __version__, jsoncodec
+from tracker.api.schemas import TrackerOpenAPIProvider
 from tracker.auth import GENERATED_SECRET_NAME, TokenVerifier
 from tracker.config import Settings
 from tracker.connlimit import PerAddressLimit
@@ -67,8 +68,43 @@ def create_app(settings: Settings, db: Database | None = None) -> Quart:
         redoc_ui_path=None,
         scalar_ui_path=None,
         swagger_ui_path=None,
-        info={"title": "tracker", "version": __version__},
-        security_schemes={"bearer": {"type": "http", "scheme": "bearer", "bearer_format": "JWT"}},
+        info={
+            "title": "tracker",
+            "version": __version__,
+            "description": (
+                "Self-hosted GPS tracking: devices post positions, dispatchers follow them, and"
+                " a share link shows a customer their driver coming. Every error is JSON,"
+                ' `{"error": {"code", "message", "details"?}}`.\n\n'
+                "Two WebSockets complete the API; OpenAPI cannot describe them, so"
+                " docs/websockets.md does (messages and close codes):\n\n"
+                f"- `{prefix}/ws/realtime`: every device of an instance, live, for dispatchers."
+                ' The first message is `{"type": "authenticate", "jwt", "instance_id", ...}`.\n'
+                f"- `{prefix}/share/{{share_token}}/live`: one share session, live, for its"
+                " recipient; the share token is the credential.\n\n"
+                "Credentials: `bearer` is a JWT with scope read (GET routes), admin (everything)"
+                " or ingest (positions only), for the instances of its `instances` claim;"
+                " `ingestKey` is a device's ingest key, which is also the OsmAnd identifier"
+                " (`osmandId`) and the OwnTracks password (`owntracksBasic`, user: the device token)."
+            ),
+        },
+        tags=[
+            {"name": "health", "description": "Is the service up (public)"},
+            {"name": "instances", "description": "Instances (fleets) a token may see"},
+            {"name": "devices", "description": "Registering devices and their ingest keys"},
+            {"name": "metadata", "description": "Devices' display names and profiles"},
+            {"name": "positions", "description": "Last position, current trip, trip stats"},
+            {"name": "ingest", "description": "Positions from a device's own code"},
+            {"name": "sharing", "description": "Share sessions, admin side"},
+            {"name": "share", "description": "A share link, public side"},
+            {"name": "phone apps", "description": "Unchanged OsmAnd / Traccar Client, OwnTracks"},
+        ],
+        security_schemes={
+            "bearer": {"type": "http", "scheme": "bearer", "bearer_format": "JWT"},
+            "ingestKey": {"type": "apiKey", "in_": "header", "name": "X-Ingest-Key"},
+            "osmandId": {"type": "apiKey", "in_": "query", "name": "id"},
+            "owntracksBasic": {"type": "http", "scheme": "basic"},
+        },
+        openapi_provider_class=TrackerOpenAPIProvider,
     )
     app.json = jsoncodec.OrjsonProvider(app)  # after QuartSchema, which sets its own
     db = db or Database(settings.storage.path, settings.storage.synchronous)

@@ -22,6 +22,7 @@ from tracker.timefmt import TimeFormatError, TimeStyle
 
 MAX_PAGE_SIZE = 500
 DEFAULT_PAGE_SIZE = 50
+MAX_OFFSET = 2**63 - 1  # SQLite's largest integer: a larger offset cannot be bound
 
 
 def requires(*scopes: Scope) -> Callable:
@@ -78,13 +79,13 @@ def _int_arg(name: str, default: int) -> int:
 
 
 def pagination() -> tuple[int, int]:
-    """(limit, offset) from the query: limit 1-500 (default 50), offset >= 0; else 400."""
+    """(limit, offset) from the query: limit 1-500 (default 50), offset 0 to 2^63 - 1; else 400."""
     limit = _int_arg("limit", DEFAULT_PAGE_SIZE)
     offset = _int_arg("offset", 0)
     if not 1 <= limit <= MAX_PAGE_SIZE:
         raise BadRequest(f"limit must be between 1 and {MAX_PAGE_SIZE}, got {limit}")
-    if offset < 0:
-        raise BadRequest(f"offset must be 0 or more, got {offset}")
+    if not 0 <= offset <= MAX_OFFSET:
+        raise BadRequest(f"offset must be between 0 and {MAX_OFFSET}, got {str(offset)[:40]}")
     return limit, offset
 
 

@@ -11,9 +11,22 @@ import uuid
 
 from pydantic import BaseModel, ConfigDict, Field
 from quart import Blueprint
-from quart_schema import validate_request
+from quart_schema import (
+    document_response,
+    operation_id,
+    security_scheme_blueprint,
+    tag_blueprint,
+    validate_request,
+)
 
 from tracker.api import requires, visible_device
+from tracker.api.schemas import (
+    DeviceCreated,
+    DeviceProfile,
+    IngestKey,
+    NoContent,
+    document_errors,
+)
 from tracker.auth import Principal
 from tracker.context import current
 from tracker.errors import Conflict, NotFound
@@ -21,6 +34,8 @@ from tracker.models import DisplayField, Profile, ShortText
 from tracker.store import devices, instances
 
 blueprint = Blueprint("devices", __name__)
+tag_blueprint(blueprint, ["devices"])
+security_scheme_blueprint(blueprint, [{"bearer": []}])
 
 
 class DeviceCreate(BaseModel):
@@ -33,6 +48,9 @@ class DeviceCreate(BaseModel):
 
 
 @blueprint.post("/devices")
+@document_response(DeviceCreated, 201)
+@document_errors(400, 401, 403, 404, 409, 413, 415, 422)
+@operation_id("device")
 @requires("admin")
 @validate_request(DeviceCreate)
 async def create_device(data: DeviceCreate, principal: Principal) -> tuple[dict, int]:
@@ -59,6 +77,9 @@ async def create_device(data: DeviceCreate, principal: Principal) -> tuple[dict,
 
 
 @blueprint.post("/devices/<device_token>/ingest-key")
+@document_response(IngestKey)
+@document_errors(401, 403, 404)
+@operation_id("device_ingest_key")
 @requires("admin")
 async def rotate_ingest_key(device_token: str, principal: Principal) -> dict:
     await visible_device(principal, device_token)
@@ -69,6 +90,9 @@ async def rotate_ingest_key(device_token: str, principal: Principal) -> dict:
 
 
 @blueprint.put("/devices/<device_token>/profile")
+@document_response(DeviceProfile)
+@document_errors(400, 401, 403, 404, 413, 415, 422)
+@operation_id("device_profile")
 @requires("admin")
 @validate_request(Profile)
 async def set_profile(device_token: str, data: Profile, principal: Principal) -> dict:
@@ -78,6 +102,9 @@ async def set_profile(device_token: str, data: Profile, principal: Principal) ->
 
 
 @blueprint.delete("/devices/<device_token>")
+@document_response(NoContent, 204)
+@document_errors(401, 403, 404)
+@operation_id("device")
 @requires("admin")
 async def delete_device(device_token: str, principal: Principal) -> tuple[str, int]:
     await visible_device(principal, device_token)

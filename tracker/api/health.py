@@ -5,14 +5,21 @@ from __future__ import annotations
 import time
 
 from quart import Blueprint
+from quart_schema import document_response, operation_id, security_scheme_blueprint, tag_blueprint
 
 from tracker import __version__
+from tracker.api.schemas import Health
 from tracker.context import current
 
 blueprint = Blueprint("health", __name__)
+tag_blueprint(blueprint, ["health"])
+security_scheme_blueprint(blueprint, [])  # public
 
 
 @blueprint.get("/health")
+@document_response(Health, 200)
+@document_response(Health, 503)
+@operation_id("health")
 async def health() -> tuple[dict, int]:
     tracker = current()
     try:

@@ -14,9 +14,28 @@ import logging
 from urllib.parse import parse_qsl
 
 from quart import Blueprint, Response, request
+from quart_schema import (
+    document_querystring,
+    document_request,
+    document_response,
+    hide,
+    operation_id,
+    security_scheme,
+    security_scheme_blueprint,
+    tag_blueprint,
+)
 
 from tracker import jsoncodec
 from tracker.api import authenticate, visible_device
+from tracker.api.schemas import (
+    NativeIngest,
+    OsmandQuery,
+    OwnTracksAck,
+    OwnTracksMessage,
+    PhoneAppAck,
+    PositionsAccepted,
+    document_errors,
+)
 from tracker.context import current
 from tracker.errors import BadRequest, NotFound, Unauthorized, Unprocessable
 from tracker.ingest.native import IngestError, parse_native
@@ -30,6 +49,9 @@ log = logging.getLogger("tracker.ingest")
 
 api_blueprint = Blueprint("ingest_api", __name__)  # under the API prefix
 apps_blueprint = Blueprint("ingest_apps", __name__)  # phone apps, at fixed paths
+tag_blueprint(api_blueprint, ["ingest"])
+security_scheme_blueprint(api_blueprint, [{"bearer": []}, {"ingestKey": []}])
+tag_blueprint(apps_blueprint, ["phone apps"])
 
 
 def _client() -> str:
@@ -61,6 +83,10 @@ async def _native_device(device_token: str) -> devices.Device:
 
 
 @api_blueprint.post("/devices/<device_token>/positions")
+@document_request(NativeIngest)
+@document_response(PositionsAccepted, 201)
+@document_errors(400, 401, 403, 404, 413, 415, 422)
+@operation_id("device_positions")
 async def post_positions(device_token: str) -> tuple[dict, int]:
     device = await _native_device(device_token)
     body = await request.get_json(force=True)
@@ -132,11 +158,17 @@ async def _osmand() -> Response:
 
 
 @apps_blueprint.route("/ingest/osmand", methods=["GET", "POST"])
+@document_querystring(OsmandQuery)
+@document_response(PhoneAppAck)
+@document_errors(400, 404, 413)
+@security_scheme([{"osmandId": []}])
+@operation_id("ingest_osmand")
 async def osmand() -> Response:
     return await _osmand()
 
 
 @apps_blueprint.route("/", methods=["GET", "POST"])
+@hide  # the same as /ingest/osmand, on the OsmAnd listener only
 async def osmand_port_root() -> Response:
     """`/` of the OsmAnd listener (ingest.osmand_port), where Traccar Client posts by default."""
     port = current().settings.ingest.osmand_port
@@ -163,6 +195,11 @@ def _basic_credentials() -> tuple[str, str]:
 
 
 @apps_blueprint.post("/ingest/owntracks")
+@document_request(OwnTracksMessage)
+@document_response(OwnTracksAck)
+@document_errors(400, 401, 404, 413, 422)
+@security_scheme([{"owntracksBasic": []}])
+@operation_id("ingest_owntracks")
 async def owntracks() -> Response:
     user, key = _basic_credentials()
     device = await current().db.read(devices.by_ingest_key, key)

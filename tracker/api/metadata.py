@@ -15,9 +15,26 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 from quart import Blueprint, request
-from quart_schema import validate_request
+from quart_schema import (
+    document_querystring,
+    document_response,
+    operation_id,
+    security_scheme_blueprint,
+    tag_blueprint,
+    validate_request,
+)
 
 from tracker.api import page, pagination, requires, visible_device
+from tracker.api.schemas import (
+    DeviceMetadata,
+    DeviceMetadataPage,
+    DisplayFieldsUpdated,
+    InstanceQuery,
+    MetadataListQuery,
+    RefreshSummary,
+    RequiredInstanceQuery,
+    document_errors,
+)
 from tracker.auth import Principal
 from tracker.context import current
 from tracker.errors import BadRequest, NotFound, Unprocessable
@@ -27,6 +44,8 @@ from tracker.store import devices, instances
 from tracker.store.devices import Device
 
 blueprint = Blueprint("metadata", __name__)
+tag_blueprint(blueprint, ["metadata"])
+security_scheme_blueprint(blueprint, [{"bearer": []}])
 
 MAX_BULK_MAPPINGS = 500
 MAX_REFRESH_DEVICES = 500
@@ -118,6 +137,10 @@ def _report(report: RefreshReport) -> dict:
 
 
 @blueprint.get("/devices/metadata")
+@document_querystring(MetadataListQuery)
+@document_response(DeviceMetadataPage)
+@document_errors(400, 401, 403, 404)
+@operation_id("devices_metadata")
 @requires("read", "admin")
 async def list_metadata(principal: Principal) -> dict:
     instance_id = await _required_instance(principal)
@@ -127,6 +150,10 @@ async def list_metadata(principal: Principal) -> dict:
 
 
 @blueprint.get("/devices/<device_token>/metadata")
+@document_querystring(InstanceQuery)
+@document_response(DeviceMetadata)
+@document_errors(401, 403, 404)
+@operation_id("device_metadata")
 @requires("read", "admin")
 async def get_metadata(device_token: str, principal: Principal) -> dict:
     device = await visible_device(principal, device_token, _optional_instance())
@@ -134,6 +161,10 @@ async def get_metadata(device_token: str, principal: Principal) -> dict:
 
 
 @blueprint.patch("/devices/<device_token>/metadata/display-field")
+@document_querystring(InstanceQuery)
+@document_response(DeviceMetadata)
+@document_errors(400, 401, 403, 404, 413, 415, 422)
+@operation_id("device_display_field")
 @requires("admin")
 @validate_request(DisplayFieldChange)
 async def set_display_field(
@@ -147,6 +178,10 @@ async def set_display_field(
 
 
 @blueprint.post("/devices/metadata/display-field/bulk")
+@document_querystring(RequiredInstanceQuery)
+@document_response(DisplayFieldsUpdated)
+@document_errors(400, 401, 403, 404, 413, 415, 422)
+@operation_id("display_fields_bulk")
 @requires("admin")
 @validate_request(BulkDisplayFields)
 async def set_display_fields(data: BulkDisplayFields, principal: Principal) -> dict:
@@ -191,6 +226,10 @@ def _refusal(problems: list[tuple[str, str]]) -> Unprocessable:
 
 
 @blueprint.post("/devices/<device_token>/metadata/refresh")
+@document_querystring(InstanceQuery)
+@document_response(RefreshSummary)
+@document_errors(401, 403, 404)
+@operation_id("device_metadata_refresh")
 @requires("admin")
 async def refresh_one(device_token: str, principal: Principal) -> dict:
     device = await visible_device(principal, device_token, _optional_instance())
@@ -199,6 +238,10 @@ async def refresh_one(device_token: str, principal: Principal) -> dict:
 
 
 @blueprint.post("/devices/metadata/refresh")
+@document_querystring(RequiredInstanceQuery)
+@document_response(RefreshSummary)
+@document_errors(400, 401, 403, 404, 413, 415, 422)
+@operation_id("devices_metadata_refresh")
 @requires("admin")
 @validate_optional_request(RefreshSelection)
 async def refresh_many(data: RefreshSelection | None, principal: Principal) -> dict:

@@ -9,8 +9,23 @@ from __future__ import annotations
 import time
 
 from quart import Blueprint, request
+from quart_schema import (
+    document_querystring,
+    document_response,
+    operation_id,
+    security_scheme_blueprint,
+    tag_blueprint,
+)
 
 from tracker.api import requires, time_style, visible_device
+from tracker.api.schemas import (
+    DevicePosition,
+    DeviceReadQuery,
+    DeviceTrack,
+    PositionQuery,
+    TripStats,
+    document_errors,
+)
 from tracker.auth import Principal
 from tracker.context import current
 from tracker.errors import NotFound
@@ -21,6 +36,8 @@ from tracker.store import trips as trips_store
 from tracker.timefmt import TimeStyle
 
 blueprint = Blueprint("positions", __name__)
+tag_blueprint(blueprint, ["positions"])
+security_scheme_blueprint(blueprint, [{"bearer": []}])
 
 
 def position_fields(position: Position, style: TimeStyle) -> dict:
@@ -37,6 +54,10 @@ def position_fields(position: Position, style: TimeStyle) -> dict:
 
 
 @blueprint.get("/devices/<device_token>/position")
+@document_querystring(PositionQuery)
+@document_response(DevicePosition)
+@document_errors(400, 401, 403, 404)
+@operation_id("device_position")
 @requires("read", "admin")
 async def get_position(device_token: str, principal: Principal) -> dict:
     instance_id = request.args.get("instance_id")
@@ -59,6 +80,10 @@ async def get_position(device_token: str, principal: Principal) -> dict:
 
 
 @blueprint.get("/devices/<device_token>/tracks")
+@document_querystring(DeviceReadQuery)
+@document_response(DeviceTrack)
+@document_errors(400, 401, 403, 404)
+@operation_id("device_tracks")
 @requires("read", "admin")
 async def get_tracks(device_token: str, principal: Principal) -> dict:
     await visible_device(principal, device_token, request.args.get("instance_id"))
@@ -79,6 +104,10 @@ async def get_tracks(device_token: str, principal: Principal) -> dict:
 
 
 @blueprint.get("/devices/<device_token>/stats")
+@document_querystring(DeviceReadQuery)
+@document_response(TripStats)
+@document_errors(400, 401, 403, 404)
+@operation_id("device_stats")
 @requires("read", "admin")
 async def get_stats(device_token: str, principal: Principal) -> dict:
     await visible_device(principal, device_token, request.args.get("instance_id"))

@@ -22,8 +22,10 @@ from typing import Any
 
 import trio
 from quart import Blueprint, Response, request
+from quart_schema import document_response, operation_id, security_scheme_blueprint, tag_blueprint
 
 from tracker import jsoncodec
+from tracker.api.schemas import PublicShare, document_errors
 from tracker.context import Tracker, current
 from tracker.errors import Gone, NotFound, RateLimited
 from tracker.hub import LiveFix, device_topic, session_topic
@@ -51,6 +53,8 @@ from tracker.store.sessions import ACTIVE, EXPIRED, ShareSession
 from tracker.websocket import BAD_TOKEN, NORMAL, Connection, run_connection
 
 blueprint = Blueprint("share", __name__)
+tag_blueprint(blueprint, ["share"])
+security_scheme_blueprint(blueprint, [])  # public: the share token is the credential
 
 PUBLIC_HEADERS = {
     "Referrer-Policy": "no-referrer",
@@ -114,6 +118,9 @@ def _device_state(conn, session: ShareSession, with_trail: bool) -> DeviceState:
 
 
 @blueprint.get("/share/<share_token>")
+@document_response(PublicShare)
+@document_errors(404, 410, 429)
+@operation_id("share")
 async def get_share(share_token: str) -> dict:
     tracker = current()
     try:

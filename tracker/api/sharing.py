@@ -12,9 +12,24 @@ import uuid
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool
 from quart import Blueprint, request
-from quart_schema import validate_request
+from quart_schema import (
+    document_querystring,
+    document_response,
+    operation_id,
+    security_scheme_blueprint,
+    tag_blueprint,
+    validate_request,
+)
 
 from tracker.api import page, pagination, requires, visible_device
+from tracker.api.schemas import (
+    SessionListQuery,
+    SessionQuery,
+    ShareSessionCreated,
+    ShareSessionPage,
+    document_errors,
+)
+from tracker.api.schemas import ShareSession as ShareSessionView
 from tracker.auth import Principal
 from tracker.context import current
 from tracker.errors import BadRequest, Conflict, Unprocessable
@@ -33,6 +48,8 @@ from tracker.store import sessions as sessions_store
 from tracker.store.sessions import ACTIVE, CANCELLED, COMPLETED, STATUSES, ShareSession
 
 blueprint = Blueprint("sharing", __name__)
+tag_blueprint(blueprint, ["sharing"])
+security_scheme_blueprint(blueprint, [{"bearer": []}])
 
 DEFAULT_EXPIRES_IN_HOURS = 4
 
@@ -40,8 +57,8 @@ DEFAULT_EXPIRES_IN_HOURS = 4
 class Destination(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    latitude: float = Field(ge=-90, le=90, allow_inf_nan=False)
-    longitude: float = Field(ge=-180, le=180, allow_inf_nan=False)
+    latitude: float = Field(ge=-90, le=90, allow_inf_nan=False, strict=True)
+    longitude: float = Field(ge=-180, le=180, allow_inf_nan=False, strict=True)
     label: ShortText | None = None
 
 
@@ -63,7 +80,9 @@ class ShareCreate(BaseModel):
 
     device_token: str = Field(min_length=1, max_length=128)
     instance_id: str | None = Field(None, max_length=64)
-    expires_in_hours: float = Field(DEFAULT_EXPIRES_IN_HOURS, gt=0, allow_inf_nan=False)
+    expires_in_hours: float = Field(
+        DEFAULT_EXPIRES_IN_HOURS, gt=0, allow_inf_nan=False, strict=True
+    )
     recipient_name: ShortText | None = None
     notes: LongText | None = None
     order_id: ShortText | None = None
@@ -86,6 +105,9 @@ def _destination(value: Destination | None) -> dict | None:
 
 
 @blueprint.post("/sharing/sessions")
+@document_response(ShareSessionCreated, 201)
+@document_errors(400, 401, 403, 404, 413, 415, 422)
+@operation_id("sharing_sessions")
 @requires("admin")
 @validate_request(ShareCreate)
 async def create_session(data: ShareCreate, principal: Principal) -> tuple[dict, int]:
@@ -131,6 +153,10 @@ def _instance_arg(principal: Principal) -> str:
 
 
 @blueprint.get("/sharing/sessions")
+@document_querystring(SessionListQuery)
+@document_response(ShareSessionPage)
+@document_errors(400, 401, 403)
+@operation_id("sharing_sessions")
 @requires("read", "admin")
 async def list_sessions(principal: Principal) -> dict:
     instance_id = _instance_arg(principal)
@@ -167,6 +193,10 @@ async def _visible_session(principal: Principal, session_id: str) -> ShareSessio
 
 
 @blueprint.get("/sharing/sessions/<session_id>")
+@document_querystring(SessionQuery)
+@document_response(ShareSessionView)
+@document_errors(401, 403, 404)
+@operation_id("sharing_session")
 @requires("read", "admin")
 async def get_session(session_id: str, principal: Principal) -> dict:
     return admin_view(await _visible_session(principal, session_id))
@@ -179,6 +209,10 @@ def _already_ended(session: ShareSession) -> Conflict:
 
 
 @blueprint.patch("/sharing/sessions/<session_id>")
+@document_querystring(SessionQuery)
+@document_response(ShareSessionView)
+@document_errors(400, 401, 403, 404, 409, 413, 415, 422)
+@operation_id("sharing_session")
 @requires("admin")
 @validate_request(ShareUpdate)
 async def update_session(session_id: str, data: ShareUpdate, principal: Principal) -> dict:
@@ -210,12 +244,20 @@ async def _end(principal: Principal, session_id: str, status: str) -> dict:
 
 
 @blueprint.post("/sharing/sessions/<session_id>/complete")
+@document_querystring(SessionQuery)
+@document_response(ShareSessionView)
+@document_errors(401, 403, 404, 409)
+@operation_id("sharing_session_complete")
 @requires("admin")
 async def complete_session(session_id: str, principal: Principal) -> dict:
     return await _end(principal, session_id, COMPLETED)
 
 
 @blueprint.delete("/sharing/sessions/<session_id>")
+@document_querystring(SessionQuery)
+@document_response(ShareSessionView)
+@document_errors(401, 403, 404, 409)
+@operation_id("sharing_session")
 @requires("admin")
 async def cancel_session(session_id: str, principal: Principal) -> dict:
     return await _end(principal, session_id, CANCELLED)

@@ -1,0 +1,533 @@
+"""The response shapes of the API, for the OpenAPI document.
+
+Request bodies are described by the models that validate them (in each api
+module, via quart-schema's `validate_request`). What the handlers answer is
+plain JSON built from the domain modules, so its shape is written down here,
+once, and attached to each route with `document_response`; the fuzz test
+(tests/test_openapi.py) checks every answer of the running server against it.
+The query-string models mirror what `tracker.api` parses by hand (pagination,
+time style, `instance_id`); the native ingest body, parsed by
+tracker/ingest/native.py, is described the same way.
+
+A field that some answers leave out is `omitted()`: not required, and not
+null when present. A field that is always there but may be null is typed
+`X | None`. Every error is one `ErrorResponse` (tracker/errors.py), whatever
+its status; `document_errors(401, 404, ...)` attaches it to a route.
+
+`TrackerOpenAPIProvider` builds the document: quart-schema's provider, plus
+answers without a body (`NoContent`), response headers in their proper place,
+each error status described by its HTTP name, and the 429 every route may
+answer (the per-address connection cap, tracker/connlimit.py).
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from http import HTTPStatus
+from typing import Annotated, Any, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, RootModel
+from quart_schema import OpenAPIProvider, document_response
+from werkzeug.routing.rules import Rule
+
+from tracker.api import DEFAULT_PAGE_SIZE, MAX_OFFSET, MAX_PAGE_SIZE
+from tracker.ingest.native import MAX_BATCH_POSITIONS
+from tracker.models import MAX_TRACK_TOKEN_LENGTH, DisplayField
+from tracker.store.sessions import STATUSES
+
+T = TypeVar("T", bound=Callable)
+
+ShareStatus = Literal[STATUSES]  # type: ignore[valid-type]
+EndReason = Literal["completed", "arrived", "cancelled", "expired"]
+Timestamp = int | str  # unix seconds, or a string in the `date_format` asked for
+
+
+def _no_default(schema: dict[str, Any]) -> None:
+    schema.pop("default", None)
+
+
+def omitted(**constraints: Any) -> Any:
+    """A field some answers leave out: not required, never null when present."""
+    return Field(None, json_schema_extra=_no_default, **constraints)
+
+
+def query(description: str, *, required: bool = False, **constraints: Any) -> Any:
+    """A query parameter (quart-schema reads `required` from the parameter's own schema)."""
+    if required:
+        return Field(description=description, json_schema_extra={"required": True}, **constraints)
+    return Field(None, description=description, json_schema_extra=_no_default, **constraints)
+
+
+class Shape(BaseModel):
+    """Answers are exactly these fields: anything else is a mismatch."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+# -- errors and bodiless answers ---------------------------------------------------
+
+
+class FieldProblem(Shape):
+    field: str = Field(description="where, as the client spelled it, e.g. `positions[3].latitude`")
+    message: str
+
+
+class EndedSession(Shape):
+    status: ShareStatus
+    reason: EndReason | None = omitted()
+
+
+ErrorCode = Literal[
+    "bad_request",
+    "unauthorized",
+    "forbidden",
+    "not_found",
+    "method_not_allowed",
+    "request_timeout",
+    "conflict",
+    "gone",
+    "payload_too_large",
+    "unsupported_media_type",
+    "invalid",
+    "rate_limited",
+    "internal",
+    "error",
+]
+
+
+class ErrorBody(Shape):
+    code: ErrorCode = Field(description="stable and machine-readable; the status says the same")
+    message: str = Field(description="for people: what went wrong, and often what to do")
+    details: list[FieldProblem] | EndedSession = omitted(
+        description="each bad field (400, 422), or the state of an ended share session (409, 410)"
+    )
+
+
+class ErrorResponse(Shape):
+    """Every error, whatever its status: `{"error": {"code", "message", "details"?}}`."""
+
+    error: ErrorBody
+
+
+class RetryAfter(BaseModel):
+    retry_after: int = Field(alias="Retry-After", description="seconds to wait before retrying")
+
+
+class NoContent(BaseModel):
+    """No body."""
+
+
+def document_errors(*statuses: int) -> Callable[[T], T]:
+    """Route decorator: each status answers an `ErrorResponse` (429 with `Retry-After`)."""
+
+    def decorator(func: T) -> T:
+        for status in statuses:
+            headers = RetryAfter if status == 429 else None
+            func = document_response(ErrorResponse, status, headers)(func)
+        return func
+
+    return decorator
+
+
+# -- query strings -----------------------------------------------------------------
+
+
+class TimeStyleQuery(BaseModel):
+    timezone: str = query("IANA zone the timestamps are written in (default UTC)", max_length=64)
+    date_format: Literal["unix", "iso", "human", "localized"] = query(
+        "`unix` (default): integer seconds; `iso`: ISO 8601 with offset; `human` (or"
+        " `localized`): local time with the zone's abbreviation"
+    )
+
+
+class PositionQuery(TimeStyleQuery):
+    instance_id: str = query(
+        "the device's instance; with it the answer adds the display name and driver profile"
+    )
+
+
+class DeviceReadQuery(TimeStyleQuery):
+    instance_id: str = query("the device's instance (checked against the token)")
+
+
+class InstanceQuery(BaseModel):
+    instance_id: str = query("the device's instance (checked against the token)")
+
+
+class RequiredInstanceQuery(BaseModel):
+    instance_id: str = query("the instance", required=True)
+
+
+class PageQuery(BaseModel):
+    limit: int = query(
+        f"page size, 1-{MAX_PAGE_SIZE} (default {DEFAULT_PAGE_SIZE})", ge=1, le=MAX_PAGE_SIZE
+    )
+    offset: int = query("items to skip (default 0)", ge=0, le=MAX_OFFSET)
+
+
+class MetadataListQuery(RequiredInstanceQuery, PageQuery):
+    pass
+
+
+class SessionListQuery(RequiredInstanceQuery, PageQuery):
+    status: ShareStatus = query("only sessions with this status")
+    device_token: str = query("only sessions of this device")
+    order_id: str = query("only sessions with this order id")
+
+
+class SessionQuery(BaseModel):
+    instance_id: str = query("the session's instance (checked against the token)")
+
+
+class OsmandQuery(BaseModel):
+    lat: float = query("latitude", ge=-90, le=90)
+    lon: float = query("longitude", ge=-180, le=180)
+    timestamp: str = query("unix seconds or milliseconds, or ISO 8601 (default: now)")
+    speed: float = query("knots; -1 means unknown", ge=0, le=19_000)
+    bearing: float = query("degrees; -1 means unknown", ge=0, le=360)
+    altitude: float = query("metres", ge=-100_000, le=1_000_000)
+    accuracy: float = query("metres; 0 and -1 mean unknown", ge=0, le=10_000_000)
+    batt: float = query("battery percent; -1 means unknown", ge=0, le=100)
+
+
+# -- request bodies parsed by hand -------------------------------------------------
+
+
+class NativePosition(Shape):
+    latitude: float = Field(ge=-90, le=90)
+    longitude: float = Field(ge=-180, le=180)
+    timestamp: float | str | None = omitted(
+        description="unix seconds (>= 1e11: milliseconds) or ISO 8601; default: time of receipt"
+    )
+    speed: float | None = omitted(ge=0, le=10_000, description="m/s")
+    heading: float | None = omitted(ge=0, le=360, description="degrees; 360 is read as 0")
+    accuracy: float | None = omitted(ge=0, le=10_000_000, description="metres")
+    altitude: float | None = omitted(ge=-100_000, le=1_000_000, description="metres")
+    battery: float | None = omitted(ge=0, le=100, description="percent")
+    track_token: str | None = omitted(
+        max_length=MAX_TRACK_TOKEN_LENGTH, description="the client's own trip id"
+    )
+
+
+class NativeBatch(Shape):
+    positions: list[NativePosition] = Field(min_length=1, max_length=MAX_BATCH_POSITIONS)
+
+
+class NativeIngest(RootModel[NativePosition | NativeBatch]):
+    """One position, or `{"positions": [...]}`; a batch is stored whole or not at all."""
+
+
+class OwnTracksMessage(BaseModel):
+    """One OwnTracks message as the app sends it; only `_type: location` gives a position."""
+
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+
+    message_type: str = Field(None, alias="_type", json_schema_extra=_no_default)
+    lat: float = omitted(ge=-90, le=90)
+    lon: float = omitted(ge=-180, le=180)
+    tst: int = omitted(description="unix seconds of the fix")
+    vel: float = omitted(description="km/h")
+    cog: float = omitted(description="degrees")
+    acc: float = omitted(description="metres")
+    alt: float = omitted(description="metres")
+    batt: float = omitted(description="percent")
+
+
+# -- answers -----------------------------------------------------------------------
+
+
+class Health(Shape):
+    """The service and its database: `ok` (200), or `degraded` (503)."""
+
+    status: Literal["ok", "degraded"]
+    version: str
+    database: Literal["ok", "error"]
+    uptime_seconds: float
+
+
+class Instance(Shape):
+    """An instance the token may see."""
+
+    instance_id: str
+    name: str
+    created_at: int
+    device_count: int
+
+
+class StoredProfile(Shape):
+    """A driver's profile as stored: only the fields that have a value."""
+
+    full_name: str = omitted()
+    first_name: str = omitted()
+    last_name: str = omitted()
+    nickname: str = omitted()
+    email: str = omitted()
+    phone: str = omitted()
+    client_id: str = omitted()
+
+
+class DeviceCreated(Shape):
+    """The new device, with its ingest key: shown only here and at rotation."""
+
+    device_token: str
+    instance_id: str
+    ingest_key: str
+    profile: StoredProfile
+    display_field: DisplayField
+    created_at: int
+
+
+class IngestKey(Shape):
+    """The device's new ingest key; the old one no longer works."""
+
+    device_token: str
+    ingest_key: str
+
+
+class DeviceProfile(Shape):
+    """The device's profile as now stored."""
+
+    device_token: str
+    profile: StoredProfile
+
+
+class DeviceMetadata(Shape):
+    """A device's display name, the profile field it comes from, and the profile."""
+
+    device_token: str
+    display_field: DisplayField
+    display_value: str
+    profile: StoredProfile
+
+
+class DeviceMetadataPage(Shape):
+    """One page of the instance's devices, ordered by device token."""
+
+    items: list[DeviceMetadata]
+    total: int
+    limit: int
+    offset: int
+
+
+class DisplayFieldsUpdated(Shape):
+    """Every mapping applied, in the order given."""
+
+    updated: int
+    items: list[DeviceMetadata]
+
+
+class Refreshed(Shape):
+    device_token: str
+    display_value: str
+
+
+class RefreshFailed(Shape):
+    device_token: str
+    reason: str
+
+
+class RefreshSummary(Shape):
+    """What was refreshed, from where, and what could not be (never an error status)."""
+
+    source: Literal["user_service", "stored_profiles"]
+    refreshed: list[Refreshed]
+    failed: list[RefreshFailed]
+
+
+class Waypoint(Shape):
+    latitude: float
+    longitude: float
+    speed: float | None = Field(description="m/s")
+    heading: float | None = Field(description="degrees")
+    accuracy: float | None = Field(description="metres")
+    altitude: float | None = Field(description="metres")
+    battery: float | None = Field(description="percent")
+    timestamp: Timestamp
+
+
+class DevicePosition(Waypoint):
+    """The device's last known position; with `instance_id`, its name and profile too."""
+
+    device_token: str
+    track_token: str
+    attributes: dict[str, str | float | bool | None] = omitted(
+        description="what the device sent beyond the position (e.g. `alarm`), when anything"
+    )
+    display_identifier: str = omitted(description="with instance_id")
+    display_field: DisplayField = omitted(description="with instance_id")
+    driver_profile: StoredProfile = omitted(description="with instance_id")
+
+
+class DeviceTrack(Shape):
+    """The waypoints of the device's latest trip, in time order."""
+
+    device_token: str
+    track_token: str
+    active: bool
+    count: int
+    waypoints: list[Waypoint]
+
+
+class LatLon(Shape):
+    latitude: float
+    longitude: float
+
+
+class TripStats(Shape):
+    """The device's latest trip: times, distance, speeds, ends."""
+
+    device_token: str
+    track_token: str
+    started_at: Timestamp
+    ended_at: Timestamp
+    duration_seconds: float
+    distance_meters: float
+    average_speed: float | None = Field(description="m/s; null for a trip of one fix")
+    max_speed: float | None = Field(description="m/s")
+    waypoint_count: int
+    start: LatLon
+    end: LatLon
+    active: bool
+
+
+class PositionsAccepted(Shape):
+    """Committed: new positions, and those already stored (same device and time)."""
+
+    accepted: int
+    duplicates: int
+
+
+class SessionDestination(Shape):
+    latitude: float
+    longitude: float
+    label: str = omitted()
+
+
+class SessionConfig(Shape):
+    show_speed: bool
+    show_heading: bool
+    show_eta: bool
+    show_destination_on_map: bool
+    auto_complete_on_arrival: bool
+
+
+class ShareSession(Shape):
+    """A share session as its instance's admins see it."""
+
+    id: str
+    device_token: str
+    instance_id: str
+    status: ShareStatus
+    end_reason: EndReason | None
+    created_at: int
+    expires_at: int
+    ended_at: int | None
+    recipient_name: str | None
+    notes: str | None
+    order_id: str | None
+    destination: SessionDestination | None
+    share_config: SessionConfig
+
+
+class ShareLinks(Shape):
+    map_url: str = Field(description="the share page to send the recipient")
+    api_url: str = Field(description="GET {api_prefix}/share/{share_token}")
+    ws_url: str = Field(description="the live stream, {api_prefix}/share/{share_token}/live")
+
+
+class ShareSessionCreated(ShareSession):
+    """The new session, with its share token: shown only here."""
+
+    share_token: str
+    share_url: str
+    links: ShareLinks
+
+
+class ShareSessionPage(Shape):
+    """One page of the instance's share sessions."""
+
+    items: list[ShareSession]
+    total: int
+    limit: int
+    offset: int
+
+
+class Driver(Shape):
+    latitude: float
+    longitude: float
+    heading: float | None = omitted(description="unless share_config hides it")
+    speed: float | None = omitted(description="m/s; unless share_config hides it")
+
+
+class PublicShare(Shape):
+    """What the recipient of a share link may see, and nothing more."""
+
+    status: ShareStatus
+    driver: Driver | None = Field(description="null until the device reports a position")
+    order_id: str | None
+    recipient_name: str | None
+    notes: str | None
+    driver_display_name: str
+    last_updated: int | None
+    expires_at: int
+    trail: list[Annotated[list[float], Field(min_length=2, max_length=2)]] = Field(
+        description="[latitude, longitude] of the fixes since the session started"
+    )
+    destination: SessionDestination | None = omitted(description="unless share_config hides it")
+    eta_seconds: int | None = omitted(description="unless share_config hides it; 0: arrived")
+
+
+class OwnTracksAck(RootModel[list[Any]]):
+    """Received; OwnTracks expects a list of messages back, and gets none."""
+
+    root: list[Any] = Field(max_length=0)
+
+
+class PhoneAppAck(NoContent):
+    """Received (and stored when it carried a position); an empty body."""
+
+
+# -- the document ------------------------------------------------------------------
+
+
+class TrackerOpenAPIProvider(OpenAPIProvider):
+    """quart-schema's builder, plus bodiless answers, response headers, and named errors."""
+
+    def build_response_object(
+        self, model: type[BaseModel], headers_model: type[BaseModel] | None
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        if issubclass(model, NoContent):
+            response: dict[str, Any] = {"description": inspect.getdoc(model)}
+            definitions: dict[str, Any] = {}
+        else:
+            # quart-schema would put the headers inside `content`, where they do not belong.
+            response, definitions = super().build_response_object(model, None)
+        if headers_model is not None:
+            schema = headers_model.model_json_schema(by_alias=True)
+            required = set(schema.get("required", ()))
+            response["headers"] = {
+                name: {
+                    "schema": {k: v for k, v in field.items() if k not in ("title", "description")},
+                    "description": field.get("description", ""),
+                    "required": name in required,
+                }
+                for name, field in schema["properties"].items()
+            }
+        return response, definitions
+
+    def build_paths(self, rule: Rule) -> tuple[dict, dict]:
+        paths, components = super().build_paths(rule)
+        for operations in paths.values():
+            for operation in operations.values():
+                responses = operation["responses"]
+                if 429 not in responses:
+                    # Any route, past server.max_connections_per_address (tracker/connlimit.py).
+                    responses[429], definitions = self.build_response_object(
+                        ErrorResponse, RetryAfter
+                    )
+                    components.update(definitions)
+                for status, response in responses.items():
+                    if int(status) >= 400:
+                        response["description"] = HTTPStatus(int(status)).phrase
+        return paths, components
