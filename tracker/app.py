@@ -107,6 +107,10 @@ def create_app(settings: Settings, db: Database | None = None) -> Quart:
         openapi_provider_class=TrackerOpenAPIProvider,
     )
     app.json = jsoncodec.OrjsonProvider(app)  # after QuartSchema, which sets its own
+    # QuartSchema also wraps make_response to dump pydantic models through a new
+    # TypeAdapter per response (~30 us each); every handler here returns JSON-ready
+    # dicts, so the app's own make_response serves.
+    del app.make_response
     db = db or Database(settings.storage.path, settings.storage.synchronous)
     hub = Hub()
     tracker = Tracker(
