@@ -34,6 +34,7 @@ from tracker.profiles import display_value
 from tracker.store import positions as positions_store
 from tracker.store import trips as trips_store
 from tracker.timefmt import TimeStyle
+from tracker.trips import Trip
 
 blueprint = Blueprint("positions", __name__)
 tag_blueprint(blueprint, ["positions"])
@@ -79,6 +80,15 @@ async def get_position(device_token: str, principal: Principal) -> dict:
     return body
 
 
+async def _latest_trip(principal: Principal, device_token: str) -> Trip:
+    """The device's latest trip, after the isolation check; 404 when it has none."""
+    await visible_device(principal, device_token, request.args.get("instance_id"))
+    trip = await current().db.read(trips_store.latest, device_token)
+    if trip is None:
+        raise NotFound("this device has no trip yet")
+    return trip
+
+
 @blueprint.get("/devices/<device_token>/tracks")
 @document_querystring(DeviceReadQuery)
 @document_response(DeviceTrack)
@@ -86,13 +96,9 @@ async def get_position(device_token: str, principal: Principal) -> dict:
 @operation_id("device_tracks")
 @requires("read", "admin")
 async def get_tracks(device_token: str, principal: Principal) -> dict:
-    await visible_device(principal, device_token, request.args.get("instance_id"))
+    trip = await _latest_trip(principal, device_token)
     style = time_style()
-    db = current().db
-    trip = await db.read(trips_store.latest, device_token)
-    if trip is None:
-        raise NotFound("this device has no trip yet")
-    waypoints = await db.read(positions_store.of_trip, device_token, trip.track_token)
+    waypoints = await current().db.read(positions_store.of_trip, device_token, trip.track_token)
     gap = current().settings.trips.split_gap_seconds
     return {
         "device_token": device_token,
@@ -110,11 +116,8 @@ async def get_tracks(device_token: str, principal: Principal) -> dict:
 @operation_id("device_stats")
 @requires("read", "admin")
 async def get_stats(device_token: str, principal: Principal) -> dict:
-    await visible_device(principal, device_token, request.args.get("instance_id"))
+    trip = await _latest_trip(principal, device_token)
     style = time_style()
-    trip = await current().db.read(trips_store.latest, device_token)
-    if trip is None:
-        raise NotFound("this device has no trip yet")
     gap = current().settings.trips.split_gap_seconds
     return {
         "device_token": device_token,
