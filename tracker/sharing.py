@@ -31,6 +31,7 @@ from tracker.store.sessions import ACTIVE, EXPIRED, ShareSession
 SHARE_TOKEN_LENGTH = 22
 _BASE62 = string.digits + string.ascii_letters
 SPEED_WINDOW_SECONDS = 300
+SPEED_SAMPLES = 120  # the newest fixes of that window are enough for a smoothed speed
 TRAIL_MAX_POINTS = 1000
 
 DEFAULT_SHARE_CONFIG: dict[str, bool] = {

@@ -141,6 +141,8 @@ class Connection:
                     continue
                 if not await self.send_or_close_slow(text):
                     return
+            # An idle connection must not keep its last batch (a whole snapshot) alive.
+            items = item = text = None
             # Hypercorn's send may return without yielding after a disconnect:
             # yield here so the receiver can see the disconnect and cancel us.
             await trio.lowlevel.checkpoint()

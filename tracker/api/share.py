@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import trio
@@ -33,6 +33,7 @@ from tracker.models import Position
 from tracker.profiles import display_value
 from tracker.ratelimit import FAILED_LOOKUP_COST
 from tracker.sharing import (
+    SPEED_SAMPLES,
     SPEED_WINDOW_SECONDS,
     TRAIL_MAX_POINTS,
     SessionChanged,
@@ -190,6 +191,14 @@ async def _say_and_close(connection: Connection, message: dict, code: int) -> No
     await connection.close(code)
 
 
+@dataclass(eq=False)
+class _Rendering:
+    """One session's message for one fix, rendered by the first viewer, awaited by the rest."""
+
+    text: str | None = None
+    done: trio.Event = field(default_factory=trio.Event)
+
+
 class ShareViewer:
     """One live viewer: rate-limited position pushes, and session_ended when it ends."""
 
@@ -210,7 +219,7 @@ class ShareViewer:
             positions_store.last_since,
             self.session.device_token,
             position.timestamp - SPEED_WINDOW_SECONDS,
-            TRAIL_MAX_POINTS,
+            SPEED_SAMPLES,
         )
         eta = eta_for(self.session, position, moving_speed(recent), self.tracker.settings)
         return jsoncodec.dumps(live_message(self.session, position, eta, display_name)).decode()
@@ -223,10 +232,18 @@ class ShareViewer:
             repr(self.session.share_config),
             repr(self.session.destination),
         )
-        text = fix.cached(key)
-        if text is None:
-            text = fix.cache(key, await self._render(fix.position, fix.display_name))
-        return text
+        rendering = fix.cached(key)
+        if rendering is None:
+            rendering = fix.cache(key, _Rendering())
+            try:
+                rendering.text = await self._render(fix.position, fix.display_name)
+            finally:
+                rendering.done.set()  # a cancelled renderer leaves text None: others render
+        else:
+            await rendering.done.wait()
+        if rendering.text is None:
+            return await self._render(fix.position, fix.display_name)
+        return rendering.text
 
     async def _send_current(self) -> bool:
         state = await self.tracker.db.read(_device_state, self.session, False)

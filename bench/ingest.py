@@ -1,0 +1,1107 @@
+"""Ingest benchmark: committed positions/s against the bare stack, measured in the same run.
+
+    python bench/ingest.py                 # full run: 10 s phases, 50 connections
+    python bench/ingest.py --quick         # smoke run: short phases, fewer connections
+    python bench/ingest.py --client python --seconds 20 --concurrency 100
+
+Phases, each bounded in time (--seconds) after a short warm-up:
+
+  ref sqlite   SQLite `executemany` into a bare table (no index), 100 rows per
+               transaction, WAL + synchronous=NORMAL, on the server's core (rows/s).
+  ref raw-asgi A raw ASGI app answering a POST (reads the body, answers 201) on the
+               same Hypercorn trio worker and config as `tracker serve` (requests/s).
+  single       `python -m tracker serve`, one position per POST
+               /api/v1/devices/{token}/positions, authenticated by X-Ingest-Key.
+  batch        The same with {"positions": [...100...]} per POST.
+
+The server (and the SQLite reference) is pinned to one core and the load
+clients to the others. Every client connection owns one device and posts its
+fixes in time order with unique timestamps (base + n * 1 ms, within the last
+day), so nothing is deduplicated or refused, and no trip is ever recounted.
+Committed positions are counted in the database after each phase; positions/s
+= committed rows / elapsed seconds. Server and client CPU use are measured over
+each phase (from /proc and the children's rusage) to show which side saturates.
+
+The load client is Debian's `wrk` with a generated Lua script (default when
+/usr/bin/wrk exists), or Python client processes (`--client python`: trio,
+raw keep-alive sockets, one process per client core).
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import platform
+import resource
+import secrets
+import shutil
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+API_PREFIX = "/api/v1"
+BATCH_SIZE = 100
+SQLITE_ROWS_PER_TRANSACTION = 100
+RAW_ASGI_PATH = "/raw"
+RAW_ASGI_RESPONSE = b'{"accepted":1,"duplicates":0}'
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+THIS_FILE = Path(__file__).resolve()
+
+
+# -- child processes ---------------------------------------------------------
+
+
+class Children:
+    """Every process the benchmark starts; all are stopped on exit, error or Ctrl-C."""
+
+    def __init__(self) -> None:
+        self.processes: list[subprocess.Popen | object] = []
+
+    def popen(self, argv: list[str], *, cpus: set[int] | None, **kwargs) -> subprocess.Popen:
+        def pin() -> None:
+            if cpus:
+                os.sched_setaffinity(0, cpus)
+
+        # A new session: the terminal's Ctrl-C reaches only us; we stop the children.
+        process = subprocess.Popen(argv, preexec_fn=pin, start_new_session=True, **kwargs)
+        self.processes.append(process)
+        return process
+
+    def add(self, process: object) -> None:
+        self.processes.append(process)
+
+    def stop(self, process, timeout: float = 10) -> None:
+        if isinstance(process, subprocess.Popen):
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+                try:
+                    process.wait(timeout)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait()
+        else:  # multiprocessing.Process
+            if process.is_alive():
+                process.terminate()
+                process.join(timeout)
+                if process.is_alive():
+                    process.kill()
+                    process.join()
+        if process in self.processes:
+            self.processes.remove(process)
+
+    def stop_all(self) -> None:
+        for process in list(reversed(self.processes)):
+            try:
+                self.stop(process)
+            except Exception as error:  # keep stopping the others
+                print(f"warning: could not stop a child process: {error}", file=sys.stderr)
+
+
+def _raise_on_sigterm(signum, frame) -> None:
+    raise SystemExit(128 + signum)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_http_ok(port: int, path: str, process: subprocess.Popen, log: Path) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited with {process.returncode}:\n{tail(log)}")
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
+            conn.request("GET", path)
+            status = conn.getresponse().status
+            conn.close()
+            if status < 500:
+                return
+        except OSError:
+            pass
+        time.sleep(0.05)
+    raise RuntimeError(f"server on port {port} did not answer:\n{tail(log)}")
+
+
+def tail(path: Path, lines: int = 30) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """utime + stime of a running process, all its threads included."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+def thread_cpu_seconds(pid: int) -> dict[int, float]:
+    """CPU seconds per thread of a running process, keyed by thread id.
+
+    (Not by name: trio renames its worker threads after the job they run.)
+    """
+    threads = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:  # the thread ended meanwhile
+            continue
+        threads[int(task.name)] = (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+    return threads
+
+
+def thread_split(
+    before: dict[int, float], after: dict[int, float], pid: int, elapsed: float
+) -> str:
+    """'event-loop thread 84%, worker threads 16%': the server's CPU by thread over a phase."""
+    loop = workers = 0.0
+    for tid, seconds in after.items():
+        used = seconds - before.get(tid, 0.0)
+        if tid == pid:
+            loop += used
+        else:
+            workers += used
+    return (
+        f"event-loop thread {loop / elapsed * 100:.0f}%,"
+        f" worker threads (SQLite) {workers / elapsed * 100:.0f}% of one core"
+    )
+
+
+def machine_busy_seconds() -> float:
+    """CPU seconds all cores spent busy since boot (from /proc/stat), every process included."""
+    with open("/proc/stat") as stat:
+        fields = [int(x) for x in stat.readline().split()[1:]]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = fields[:8]
+    return (user + nice + system + irq + softirq + steal) / CLOCK_TICKS
+
+
+def children_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+# -- the tracker server and its devices --------------------------------------
+
+
+@dataclass
+class Device:
+    token: str
+    key: str
+
+
+class Tracker:
+    def __init__(self, workdir: Path, children: Children, cpus: set[int] | None):
+        self.workdir = workdir
+        self.children = children
+        self.cpus = cpus
+        self.db_path = workdir / "tracker.db"
+        self.port = free_port()
+        self.log = workdir / "server.log"
+        self.env = {
+            **os.environ,
+            "TRACKER_SERVER_HOST": "127.0.0.1",
+            "TRACKER_SERVER_PORT": str(self.port),
+            "TRACKER_SERVER_PUBLIC_URL": f"http://127.0.0.1:{self.port}",
+            "TRACKER_STORAGE_PATH": str(self.db_path),
+            "TRACKER_AUTH_JWT_SECRET": secrets.token_urlsafe(48),
+        }
+        self.process: subprocess.Popen | None = None
+
+    def cli(self, *args: str) -> dict:
+        result = subprocess.run(
+            [sys.executable, "-m", "tracker", *args, "--json"],
+            cwd=self.workdir,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        if result.returncode != 0:
+            raise RuntimeError(f"tracker {' '.join(args)} failed:\n{result.stderr}")
+        return json.loads(result.stdout)
+
+    def make_devices(self, count: int) -> list[Device]:
+        instance_id = self.cli("instance", "create", "Bench fleet")["instance_id"]
+
+        def add(index: int) -> Device:
+            out = self.cli("device", "add", "--instance", instance_id, "--name", f"Bench {index}")
+            return Device(out["device_token"], out["ingest_key"])
+
+        with ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2)) as pool:
+            return list(pool.map(add, range(count)))
+
+    def start(self) -> None:
+        with open(self.log, "ab") as log:
+            self.process = self.children.popen(
+                [sys.executable, "-m", "tracker", "serve"],
+                cpus=self.cpus,
+                cwd=self.workdir,
+                env=self.env,
+                stdout=subprocess.DEVNULL,
+                stderr=log,
+            )
+        wait_http_ok(self.port, f"{API_PREFIX}/health", self.process, self.log)
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.children.stop(self.process, timeout=20)
+
+    def count_rows(self) -> int:
+        with sqlite3.connect(self.db_path, timeout=30) as conn:
+            return conn.execute("SELECT count(*) FROM positions").fetchone()[0]
+
+    def settled_count(self, timeout: float = 10) -> int:
+        """The row count once in-flight requests have committed (two equal reads)."""
+        previous = self.count_rows()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            time.sleep(0.25)
+            current = self.count_rows()
+            if current == previous:
+                return current
+            previous = current
+        return previous
+
+    def max_timestamp(self) -> float | None:
+        with sqlite3.connect(self.db_path, timeout=30) as conn:
+            return conn.execute("SELECT max(ts) FROM positions").fetchone()[0]
+
+    def out_of_order_inserts(self) -> int:
+        """Fixes stored after a later fix of the same device (they would force trip recounts)."""
+        with sqlite3.connect(self.db_path, timeout=30) as conn:
+            return conn.execute(
+                "SELECT count(*) FROM (SELECT ts, lag(ts) OVER"
+                " (PARTITION BY device_token ORDER BY id) AS prev FROM positions) WHERE ts < prev"
+            ).fetchone()[0]
+
+
+# -- the raw ASGI reference ---------------------------------------------------
+
+
+async def raw_asgi_app(scope, receive, send) -> None:
+    """The bare stack: read the POST body, answer 201 with a small JSON body."""
+    if scope["type"] == "lifespan":
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+    if scope["type"] != "http":
+        return
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return
+        if not message.get("more_body", False):
+            break
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 201,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", b"%d" % len(RAW_ASGI_RESPONSE)),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": RAW_ASGI_RESPONSE})
+
+
+def serve_raw_asgi(port: int) -> None:
+    """`--role raw-asgi`: Hypercorn's trio worker with tracker's own Hypercorn config."""
+    import trio
+    from hypercorn.trio import serve
+
+    from tracker.config import Settings
+    from tracker.server import hypercorn_config, wait_for_stop_signal
+
+    settings = Settings().replace(server={"host": "127.0.0.1", "port": port})
+    config = hypercorn_config(settings)
+    trio.run(lambda: serve(raw_asgi_app, config, shutdown_trigger=wait_for_stop_signal))
+
+
+# -- the SQLite reference -----------------------------------------------------
+
+
+def sqlite_reference(db_path: str, seconds: float, warmup: float) -> None:
+    """`--role sqlite`: executemany into a bare table; prints rows/s as JSON."""
+    conn = sqlite3.connect(db_path, isolation_level=None)
+    conn.execute("PRAGMA journal_mode = WAL")
+    conn.execute("PRAGMA synchronous = NORMAL")
+    conn.execute(
+        "CREATE TABLE bare (device_token TEXT, track_token TEXT, ts REAL, lat REAL, lon REAL,"
+        " speed REAL, heading REAL, accuracy REAL, altitude REAL, battery REAL, valid INTEGER,"
+        " attributes TEXT, received_at REAL)"
+    )
+    insert = "INSERT INTO bare VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    now = time.time()
+    batches = [
+        [
+            (
+                f"device-{b % 50}",
+                "0123456789abcdef",
+                now - 3600 + (b * SQLITE_ROWS_PER_TRANSACTION + i) * 0.001,
+                52.5 + i * 1e-6,
+                13.4 + i * 1e-6,
+                12.5,
+                90.0,
+                5.0,
+                None,
+                None,
+                1,
+                None,
+                now,
+            )
+            for i in range(SQLITE_ROWS_PER_TRANSACTION)
+        ]
+        for b in range(500)
+    ]
+
+    def run(duration: float) -> tuple[int, float]:
+        rows, start = 0, time.perf_counter()
+        end = start + duration
+        index = 0
+        while time.perf_counter() < end:
+            conn.execute("BEGIN")
+            conn.executemany(insert, batches[index % len(batches)])
+            conn.execute("COMMIT")
+            rows += SQLITE_ROWS_PER_TRANSACTION
+            index += 1
+        return rows, time.perf_counter() - start
+
+    run(warmup)
+    rows, elapsed = run(seconds)
+    stored = conn.execute("SELECT count(*) FROM bare").fetchone()[0]
+    print(json.dumps({"rows": rows, "elapsed": elapsed, "stored": stored}))
+
+
+# -- load client: wrk ----------------------------------------------------------
+
+WRK_LUA = r"""
+-- generated by bench/ingest.py: one device per wrk thread (one connection each),
+-- fixes in time order with unique timestamps base + n * 1 ms.
+local devices = {%(devices)s}
+local base = %(base).3f
+local batch = %(batch)d
+local raw_path = %(raw_path)s
+local threads = 0
+
+function setup(thread)
+  threads = threads + 1
+  thread:set("index", threads)
+end
+
+local counter = 0
+local path, headers
+
+function init(args)
+  local d = devices[((index - 1) %% #devices) + 1]
+  path = raw_path or ("%(prefix)s/devices/" .. d[1] .. "/positions")
+  headers = {["Content-Type"] = "application/json", ["X-Ingest-Key"] = d[2]}
+end
+
+local function fix()
+  counter = counter + 1
+  return string.format(
+    '{"latitude":%%.6f,"longitude":%%.6f,"timestamp":%%.3f,"speed":12.5,"heading":90.0,"accuracy":5.0}',
+    52.5 + counter * 1e-6, 13.4 + counter * 1e-6, base + counter * 0.001)
+end
+
+function request()
+  local body
+  if batch == 1 then
+    body = fix()
+  else
+    local parts = {}
+    for i = 1, batch do parts[i] = fix() end
+    body = '{"positions":[' .. table.concat(parts, ",") .. ']}'
+  end
+  return wrk.format("POST", path, headers, body)
+end
+
+function done(summary, latency, requests)
+  io.write(string.format(
+    'BENCH_JSON {"requests":%%d,"duration_us":%%d,"connect_errors":%%d,"read_errors":%%d,' ..
+    '"write_errors":%%d,"status_errors":%%d,"timeouts":%%d,"p50_us":%%d,"p99_us":%%d}\n',
+    summary.requests, summary.duration, summary.errors.connect, summary.errors.read,
+    summary.errors.write, summary.errors.status, summary.errors.timeout,
+    latency:percentile(50), latency:percentile(99)))
+end
+"""
+
+
+@dataclass
+class ClientResult:
+    requests: int  # completed responses
+    failed: int  # non-2xx responses and socket errors
+    elapsed: float
+    p50_ms: float | None
+    p99_ms: float | None
+    cpu_seconds: float  # the client processes' CPU time
+    notes: list[str] = field(default_factory=list)
+
+
+def run_wrk(
+    port: int,
+    devices: list[Device],
+    base: float,
+    batch: int,
+    seconds: float,
+    concurrency: int,
+    workdir: Path,
+    children: Children,
+    cpus: set[int] | None,
+    raw: bool,
+) -> ClientResult:
+    script = workdir / f"wrk-{time.monotonic_ns()}.lua"
+    script.write_text(
+        WRK_LUA
+        % {
+            "devices": ", ".join(
+                f"{{{json.dumps(d.token)}, {json.dumps(d.key)}}}" for d in devices
+            ),
+            "base": base,
+            "batch": batch,
+            "raw_path": json.dumps(RAW_ASGI_PATH) if raw else "nil",
+            "prefix": API_PREFIX,
+        }
+    )
+    argv = [
+        shutil.which("wrk") or "wrk",
+        f"-t{concurrency}",  # one connection per thread: each connection owns a device
+        f"-c{concurrency}",
+        f"-d{max(1, round(seconds))}s",
+        "--timeout",
+        "30s",
+        "-s",
+        str(script),
+        f"http://127.0.0.1:{port}/",
+    ]
+    cpu_before = children_cpu_seconds()
+    process = children.popen(argv, cpus=cpus, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        out, err = process.communicate(timeout=seconds + 60)
+    finally:
+        children.stop(process)
+    cpu = children_cpu_seconds() - cpu_before
+    line = next((x for x in out.decode().splitlines() if x.startswith("BENCH_JSON ")), None)
+    if process.returncode != 0 or line is None:
+        raise RuntimeError(f"wrk failed ({process.returncode}):\n{out.decode()}\n{err.decode()}")
+    data = json.loads(line.removeprefix("BENCH_JSON "))
+    socket_errors = data["connect_errors"] + data["read_errors"] + data["write_errors"]
+    notes = []
+    if socket_errors or data["timeouts"] or data["status_errors"]:
+        notes.append(
+            f"wrk: {data['status_errors']} responses >= 400, {socket_errors} socket errors,"
+            f" {data['timeouts']} timeouts"
+        )
+    return ClientResult(
+        requests=data["requests"],
+        failed=data["status_errors"] + socket_errors + data["timeouts"],
+        elapsed=data["duration_us"] / 1e6,
+        p50_ms=data["p50_us"] / 1000,
+        p99_ms=data["p99_us"] / 1000,
+        cpu_seconds=cpu,
+        notes=notes,
+    )
+
+
+# -- load client: Python processes ---------------------------------------------
+
+
+def _fix_json(counter: int, base: float) -> bytes:
+    return (
+        b'{"latitude":%.6f,"longitude":%.6f,"timestamp":%.3f,'
+        b'"speed":12.5,"heading":90.0,"accuracy":5.0}'
+        % (52.5 + counter * 1e-6, 13.4 + counter * 1e-6, base + counter * 0.001)
+    )
+
+
+def _python_client_process(port, jobs, batch, start_at, seconds, results, cpus) -> None:
+    """One client process: trio, one raw keep-alive socket per job (device), in order."""
+    import trio
+
+    if cpus:
+        os.sched_setaffinity(0, cpus)
+    latencies: list[float] = []
+    counts = {"ok": 0, "failed": 0}
+
+    async def connection(path: str, key: str, base: float) -> None:
+        head = (
+            f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+            f"Content-Type: application/json\r\nX-Ingest-Key: {key}\r\n"
+            "Content-Length: %d\r\n\r\n"
+        ).encode()
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        buffer = bytearray()
+        counter = 0
+        await trio.sleep_until(trio.current_time() + max(0.0, start_at - time.time()))
+        end = start_at + seconds
+        while time.time() < end:
+            if batch == 1:
+                counter += 1
+                body = _fix_json(counter, base)
+            else:
+                fixes = [_fix_json(counter + i, base) for i in range(1, batch + 1)]
+                counter += batch
+                body = b'{"positions":[' + b",".join(fixes) + b"]}"
+            sent = time.perf_counter()
+            try:
+                await stream.send_all(head % len(body) + body)
+                while (header_end := buffer.find(b"\r\n\r\n")) < 0:
+                    data = await stream.receive_some(65536)
+                    if not data:
+                        raise ConnectionResetError("server closed the connection")
+                    buffer += data
+                header = bytes(buffer[:header_end]).lower()
+                status = int(header[9:12])
+                length = 0
+                for line in header.split(b"\r\n")[1:]:
+                    if line.startswith(b"content-length:"):
+                        length = int(line[15:])
+                while len(buffer) < header_end + 4 + length:
+                    data = await stream.receive_some(65536)
+                    if not data:
+                        raise ConnectionResetError("server closed the connection")
+                    buffer += data
+                del buffer[: header_end + 4 + length]
+            except (OSError, trio.BrokenResourceError, ValueError):
+                counts["failed"] += 1
+                await stream.aclose()
+                stream = await trio.open_tcp_stream("127.0.0.1", port)
+                buffer.clear()
+                continue
+            latencies.append(time.perf_counter() - sent)
+            counts["ok" if 200 <= status < 300 else "failed"] += 1
+            if b"connection: close" in header:  # Hypercorn's keep_alive_max_requests
+                await stream.aclose()
+                stream = await trio.open_tcp_stream("127.0.0.1", port)
+                buffer.clear()
+        await stream.aclose()
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            for job in jobs:
+                nursery.start_soon(connection, *job)
+
+    trio.run(main)
+    results.put(
+        {
+            "ok": counts["ok"],
+            "failed": counts["failed"],
+            "latencies": latencies,
+            "finished": time.time(),
+        }
+    )
+
+
+def run_python_clients(
+    port: int,
+    devices: list[Device],
+    base: float,
+    batch: int,
+    seconds: float,
+    concurrency: int,
+    children: Children,
+    cpus: set[int] | None,
+    processes: int,
+    raw: bool,
+) -> ClientResult:
+    import multiprocessing
+
+    context = multiprocessing.get_context("fork")
+    results = context.Queue()
+    jobs = []
+    for index in range(concurrency):
+        device = devices[index % len(devices)]
+        path = RAW_ASGI_PATH if raw else f"{API_PREFIX}/devices/{device.token}/positions"
+        jobs.append((path, device.key, base))
+    start_at = time.time() + 1.0 + 0.02 * concurrency  # after every connection is open
+    cpu_before = children_cpu_seconds()
+    workers = []
+    for index in range(processes):
+        worker = context.Process(
+            target=_python_client_process,
+            args=(port, jobs[index::processes], batch, start_at, seconds, results, cpus),
+            daemon=True,
+        )
+        worker.start()
+        children.add(worker)
+        workers.append(worker)
+    collected = [results.get(timeout=seconds + 120) for _ in workers]
+    for worker in workers:
+        worker.join(30)
+        children.stop(worker)
+    cpu = children_cpu_seconds() - cpu_before
+    latencies = sorted(x for c in collected for x in c["latencies"])
+    ok = sum(c["ok"] for c in collected)
+    failed = sum(c["failed"] for c in collected)
+
+    def percentile(p: float) -> float | None:
+        if not latencies:
+            return None
+        return latencies[min(len(latencies) - 1, int(p / 100 * len(latencies)))] * 1000
+
+    notes = [f"python client: {failed} failed requests"] if failed else []
+    return ClientResult(
+        requests=ok + failed,
+        failed=failed,
+        elapsed=max(c["finished"] for c in collected) - start_at,
+        p50_ms=percentile(50),
+        p99_ms=percentile(99),
+        cpu_seconds=cpu,
+        notes=notes,
+    )
+
+
+# -- phases ---------------------------------------------------------------------
+
+
+@dataclass
+class Row:
+    phase: str
+    client: str
+    concurrency: int | str
+    seconds: float
+    requests_per_s: float | None
+    positions_per_s: float | None
+    p50_ms: float | None
+    p99_ms: float | None
+    server_cpu: float | None  # share of one core
+    client_cpu: float | None
+    ratio: str = ""
+    other_cpu: float | None = None  # share of a core used by processes not ours
+    notes: list[str] = field(default_factory=list)
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace, workdir: Path, children: Children):
+        self.args = args
+        self.workdir = workdir
+        self.children = children
+        cpus = sorted(os.sched_getaffinity(0))
+        if len(cpus) >= 2:
+            self.server_cpus: set[int] | None = {cpus[0]}
+            self.client_cpus: set[int] | None = set(cpus[1:])
+        else:
+            self.server_cpus = self.client_cpus = None
+        self.notes: list[str] = []
+
+    @property
+    def client_label(self) -> str:
+        if self.args.client == "wrk":
+            return "wrk"
+        return f"python x{self.args.client_processes}"
+
+    def drive(
+        self,
+        port: int,
+        devices: list[Device],
+        base: float,
+        batch: int,
+        seconds: float,
+        raw: bool = False,
+    ) -> ClientResult:
+        args = self.args
+        if args.client == "wrk":
+            return run_wrk(
+                port,
+                devices,
+                base,
+                batch,
+                seconds,
+                args.concurrency,
+                self.workdir,
+                self.children,
+                self.client_cpus,
+                raw,
+            )
+        return run_python_clients(
+            port,
+            devices,
+            base,
+            batch,
+            seconds,
+            args.concurrency,
+            self.children,
+            self.client_cpus,
+            args.client_processes,
+            raw,
+        )
+
+    def other_load(self, busy_before: float, elapsed: float, ours: float) -> float:
+        """Share of a core that processes other than ours used during a phase (noise)."""
+        return max(0.0, (machine_busy_seconds() - busy_before) / elapsed - ours)
+
+    def sqlite_reference(self, round_: int) -> Row:
+        busy_before, children_before = machine_busy_seconds(), children_cpu_seconds()
+        started = time.monotonic()
+        out = subprocess.run(  # a child of its own, pinned to the server's core
+            [
+                sys.executable,
+                str(THIS_FILE),
+                "--role",
+                "sqlite",
+                "--db",
+                str(self.workdir / f"bare-{round_}.db"),
+                "--seconds",
+                str(self.args.seconds),
+                "--warmup",
+                str(self.args.warmup),
+            ],
+            preexec_fn=(lambda: os.sched_setaffinity(0, self.server_cpus))
+            if self.server_cpus
+            else None,
+            capture_output=True,
+            text=True,
+            timeout=self.args.seconds + 120,
+            check=True,
+        )
+        wall = time.monotonic() - started
+        ours = (children_cpu_seconds() - children_before) / wall
+        data = json.loads(out.stdout)
+        assert data["stored"] >= data["rows"], data
+        rate = data["rows"] / data["elapsed"]
+        return Row(
+            "ref: sqlite executemany",
+            "-",
+            "-",
+            data["elapsed"],
+            None,
+            rate,
+            None,
+            None,
+            None,
+            None,
+            f"{SQLITE_ROWS_PER_TRANSACTION} rows/txn",
+            other_cpu=self.other_load(busy_before, wall, ours),
+        )
+
+    def raw_asgi_reference(self, devices: list[Device]) -> Row:
+        port = free_port()
+        log = self.workdir / "raw-asgi.log"
+        with open(log, "ab") as log_file:
+            process = self.children.popen(
+                [sys.executable, str(THIS_FILE), "--role", "raw-asgi", "--port", str(port)],
+                cpus=self.server_cpus,
+                stdout=subprocess.DEVNULL,
+                stderr=log_file,
+            )
+        try:
+            wait_http_ok(port, RAW_ASGI_PATH, process, log)
+            self.drive(port, devices, 0.0, 1, self.args.warmup, raw=True)
+            cpu_before, busy_before = process_cpu_seconds(process.pid), machine_busy_seconds()
+            result = self.drive(port, devices, 0.0, 1, self.args.seconds, raw=True)
+            server_cpu = (process_cpu_seconds(process.pid) - cpu_before) / result.elapsed
+            client_cpu = result.cpu_seconds / result.elapsed
+            other = self.other_load(busy_before, result.elapsed, server_cpu + client_cpu)
+        finally:
+            self.children.stop(process)
+        return Row(
+            "ref: raw ASGI POST",
+            self.client_label,
+            self.args.concurrency,
+            result.elapsed,
+            (result.requests - result.failed) / result.elapsed,
+            None,
+            result.p50_ms,
+            result.p99_ms,
+            server_cpu,
+            client_cpu,
+            other_cpu=other,
+            notes=list(result.notes),
+        )
+
+    def ingest_phase(self, tracker: Tracker, devices: list[Device], batch: int) -> Row:
+        def next_base() -> float:
+            # After every stored fix: each device's fixes stay in time order across phases.
+            latest = tracker.max_timestamp()
+            return (latest + 1.0) if latest is not None else time.time() - 20 * 3600
+
+        self.drive(tracker.port, devices, next_base(), batch, self.args.warmup)
+        base = next_base()
+        before = tracker.settled_count()
+        pid = tracker.process.pid
+        cpu_before, threads_before = process_cpu_seconds(pid), thread_cpu_seconds(pid)
+        busy_before = machine_busy_seconds()
+        result = self.drive(tracker.port, devices, base, batch, self.args.seconds)
+        server_cpu = (process_cpu_seconds(pid) - cpu_before) / result.elapsed
+        client_cpu = result.cpu_seconds / result.elapsed
+        other = self.other_load(busy_before, result.elapsed, server_cpu + client_cpu)
+        split = thread_split(threads_before, thread_cpu_seconds(pid), pid, result.elapsed)
+        committed = tracker.settled_count() - before
+        expected = (result.requests - result.failed) * batch
+        notes = [f"server {split}", *result.notes]
+        if committed < expected:
+            notes.append(f"{expected - committed} acknowledged positions not found")
+        name = "single position" if batch == 1 else f"batch of {batch}"
+        return Row(
+            f"tracker: {name}",
+            self.client_label,
+            self.args.concurrency,
+            result.elapsed,
+            (result.requests - result.failed) / result.elapsed,
+            committed / result.elapsed,
+            result.p50_ms,
+            result.p99_ms,
+            server_cpu,
+            client_cpu,
+            other_cpu=other,
+            notes=notes,
+        )
+
+    def run(self) -> list[Row]:
+        args = self.args
+        tracker = Tracker(self.workdir, self.children, self.server_cpus)
+        step(f"creating an instance and {args.concurrency} devices with the CLI")
+        devices = tracker.make_devices(args.concurrency)
+        rounds: list[list[Row]] = []
+        for round_ in range(1, args.rounds + 1):
+            label = f"round {round_}/{args.rounds}: " if args.rounds > 1 else ""
+            step(f"{label}reference: SQLite executemany")
+            sqlite_row = self.sqlite_reference(round_)
+            step(f"{label}reference: raw ASGI app on Hypercorn's trio worker")
+            raw_row = self.raw_asgi_reference(devices)
+            step(f"{label}starting `python -m tracker serve`")
+            tracker.start()
+            try:
+                step(f"{label}tracker: single-position requests")
+                single_row = self.ingest_phase(tracker, devices, 1)
+                step(f"{label}tracker: batches of {BATCH_SIZE}")
+                batch_row = self.ingest_phase(tracker, devices, BATCH_SIZE)
+            finally:
+                tracker.stop()
+            rounds.append([raw_row, sqlite_row, single_row, batch_row])
+        reordered = tracker.out_of_order_inserts()
+        if reordered:
+            self.notes.append(f"{reordered} fixes were stored after a later fix of their device")
+
+        def rate(row: Row) -> float:
+            return row.positions_per_s if row.positions_per_s is not None else row.requests_per_s
+
+        best = [max(phase, key=rate) for phase in zip(*rounds, strict=True)]
+        if args.rounds > 1:
+            for phase in zip(*rounds, strict=True):
+                rates = ", ".join(f"{rate(row):,.0f}" for row in phase)
+                self.notes.append(f"{phase[0].phase}: rounds gave {rates}; the best is shown")
+        raw_row, sqlite_row, single_row, batch_row = best
+        single_row.ratio = f"{single_row.positions_per_s / raw_row.requests_per_s:.2f}x raw ASGI"
+        batch_row.ratio = f"{batch_row.positions_per_s / sqlite_row.positions_per_s:.2f}x SQLite"
+        for row in best:
+            name = row.phase.split(": ", 1)[1]
+            self.notes += [f"{name}: {note}" for note in row.notes]
+            if row.other_cpu is not None and row.other_cpu > 0.10:
+                self.notes.append(
+                    f"{name}: other processes used about {row.other_cpu * 100:.0f}% of a core"
+                    " during the phase; the figures may be low (a quiet machine, or --rounds 3)"
+                )
+        return best
+
+
+def step(message: str) -> None:
+    print(f"... {message}", file=sys.stderr, flush=True)
+
+
+def fmt(value: float | None, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def table(rows: list[Row]) -> str:
+    header = [
+        "phase",
+        "client",
+        "conc",
+        "seconds",
+        "requests/s",
+        "positions/s",
+        "p50 ms",
+        "p99 ms",
+        "server CPU",
+        "client CPU",
+        "ratio",
+    ]
+    body = [
+        [
+            r.phase,
+            r.client,
+            str(r.concurrency),
+            f"{r.seconds:.1f}",
+            fmt(r.requests_per_s, ",.0f"),
+            fmt(r.positions_per_s, ",.0f"),
+            fmt(r.p50_ms, ".1f"),
+            fmt(r.p99_ms, ".1f"),
+            fmt(None if r.server_cpu is None else r.server_cpu * 100, ".0f")
+            + "%" * (r.server_cpu is not None),
+            fmt(None if r.client_cpu is None else r.client_cpu * 100, ".0f")
+            + "%" * (r.client_cpu is not None),
+            r.ratio,
+        ]
+        for r in rows
+    ]
+    widths = [max(len(line[i]) for line in [header, *body]) for i in range(len(header))]
+    lines = [
+        "| " + " | ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)) + " |"
+        for line in [header, *body]
+    ]
+    lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    return "\n".join(lines)
+
+
+def revision() -> str:
+    """The tree measured: git commit, and whether tracker/ has uncommitted changes."""
+    root = THIS_FILE.parent.parent
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--", "tracker"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown (not a git checkout)"
+    return head + (" + uncommitted changes in tracker/" if dirty else "")
+
+
+def versions(args: argparse.Namespace) -> str:
+    from importlib.metadata import version
+
+    parts = [
+        f"Python {platform.python_version()}",
+        f"Hypercorn {version('hypercorn')}",
+        f"Quart-Trio {version('quart-trio')}",
+        f"trio {version('trio')}",
+        f"SQLite {sqlite3.sqlite_version}",
+    ]
+    if args.client == "wrk":
+        out = subprocess.run([shutil.which("wrk") or "wrk", "-v"], capture_output=True, text=True)
+        first = (out.stdout or out.stderr).splitlines()[0] if (out.stdout or out.stderr) else "wrk"
+        parts.append(first.split(" Copyright")[0])
+    return ", ".join(parts)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description="Ingest benchmark: committed positions/s vs raw ASGI and SQLite references.",
+    )
+    parser.add_argument("--seconds", type=float, help="length of each measured phase (default 10)")
+    parser.add_argument(
+        "--concurrency", type=int, help="client connections, one device each (default 50)"
+    )
+    parser.add_argument("--warmup", type=float, help="warm-up before each phase (default 2 s)")
+    parser.add_argument(
+        "--quick", action="store_true", help="smoke run: 2 s phases, 16 connections, 1 s warm-up"
+    )
+    parser.add_argument(
+        "--client",
+        choices=["wrk", "python"],
+        help="load client (default: wrk when installed, else python)",
+    )
+    parser.add_argument(
+        "--client-processes",
+        type=int,
+        help="python client processes (default: one per client core)",
+    )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="repeat every phase N times and show the best of each (for a shared machine)",
+    )
+    parser.add_argument("--keep", action="store_true", help="keep the temp directory")
+    # Internal: the reference servers run as children of this same file.
+    parser.add_argument(
+        "--role", choices=["bench", "raw-asgi", "sqlite"], default="bench", help=argparse.SUPPRESS
+    )
+    parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--db", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    args.seconds = args.seconds or (2.0 if args.quick else 10.0)
+    args.concurrency = args.concurrency or (16 if args.quick else 50)
+    args.warmup = args.warmup if args.warmup is not None else (1.0 if args.quick else 2.0)
+    if args.client is None:
+        args.client = "wrk" if shutil.which("wrk") else "python"
+    if args.client == "wrk" and not shutil.which("wrk"):
+        parser.error("wrk is not installed (apt-get install -y wrk), or use --client python")
+    if args.client_processes is None:
+        args.client_processes = max(1, len(os.sched_getaffinity(0)) - 1)
+    if args.concurrency < 1 or args.seconds <= 0 or args.rounds < 1:
+        parser.error("--concurrency, --seconds and --rounds must be positive")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.role == "raw-asgi":
+        serve_raw_asgi(args.port)
+        return 0
+    if args.role == "sqlite":
+        sqlite_reference(args.db, args.seconds, args.warmup)
+        return 0
+
+    signal.signal(signal.SIGTERM, _raise_on_sigterm)
+    children = Children()
+    workdir = Path(tempfile.mkdtemp(prefix="tracker-bench-"))
+    started = time.time()
+    try:
+        bench = Bench(args, workdir, children)
+        rows = bench.run()
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    finally:
+        children.stop_all()
+        if args.keep:
+            print(f"kept {workdir}", file=sys.stderr)
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+    pinning = (
+        f"server on CPU {sorted(bench.server_cpus)}, clients on CPU {sorted(bench.client_cpus)}"
+        if bench.server_cpus
+        else "no CPU pinning (one core available)"
+    )
+    print(f"tracker ingest benchmark, {time.strftime('%Y-%m-%d %H:%M', time.localtime(started))}")
+    print(f"machine: os.cpu_count()={os.cpu_count()}, {platform.machine()}, {pinning}")
+    print(f"stack: {versions(args)}")
+    print(f"tree: {revision()}")
+    print(
+        f"parameters: --seconds {args.seconds:g} --concurrency {args.concurrency} --warmup"
+        f" {args.warmup:g} --rounds {args.rounds}, client {bench.client_label}, batch"
+        f" {BATCH_SIZE}, one device per connection ({args.concurrency} devices),"
+        " auth X-Ingest-Key"
+    )
+    print()
+    print(table(rows))
+    print()
+    print("positions/s = rows committed in the database / elapsed; server and client CPU are")
+    print("shares of one core over the phase (100% = one core busy).")
+    for note in bench.notes:
+        print(f"note: {note}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
