@@ -30,7 +30,6 @@ raw keep-alive sockets, one process per client core).
 from __future__ import annotations
 
 import argparse
-import http.client
 import json
 import os
 import platform
@@ -38,7 +37,6 @@ import resource
 import secrets
 import shutil
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -47,6 +45,19 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+# The harness pieces every benchmark shares live in fanout.py.
+from fanout import (  # noqa: E402
+    Device,
+    _raise_on_sigterm,
+    fmt,
+    free_port,
+    revision,
+    step,
+    wait_http_ok,
+)
 
 API_PREFIX = "/api/v1"
 BATCH_SIZE = 100
@@ -106,41 +117,6 @@ class Children:
                 print(f"warning: could not stop a child process: {error}", file=sys.stderr)
 
 
-def _raise_on_sigterm(signum, frame) -> None:
-    raise SystemExit(128 + signum)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_http_ok(port: int, path: str, process: subprocess.Popen, log: Path) -> None:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"server exited with {process.returncode}:\n{tail(log)}")
-        try:
-            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
-            conn.request("GET", path)
-            status = conn.getresponse().status
-            conn.close()
-            if status < 500:
-                return
-        except OSError:
-            pass
-        time.sleep(0.05)
-    raise RuntimeError(f"server on port {port} did not answer:\n{tail(log)}")
-
-
-def tail(path: Path, lines: int = 30) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return "(no log)"
-
-
 def process_cpu_seconds(pid: int) -> float:
     """utime + stime of a running process, all its threads included."""
     with open(f"/proc/{pid}/stat") as stat:
@@ -194,12 +170,6 @@ def children_cpu_seconds() -> float:
 
 
 # -- the tracker server and its devices --------------------------------------
-
-
-@dataclass
-class Device:
-    token: str
-    key: str
 
 
 class Tracker:
@@ -913,14 +883,6 @@ class Bench:
         return best
 
 
-def step(message: str) -> None:
-    print(f"... {message}", file=sys.stderr, flush=True)
-
-
-def fmt(value: float | None, spec: str) -> str:
-    return "-" if value is None else format(value, spec)
-
-
 def table(rows: list[Row]) -> str:
     header = [
         "phase",
@@ -960,29 +922,6 @@ def table(rows: list[Row]) -> str:
     ]
     lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
     return "\n".join(lines)
-
-
-def revision() -> str:
-    """The tree measured: git commit, and whether tracker/ has uncommitted changes."""
-    root = THIS_FILE.parent.parent
-    try:
-        head = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            cwd=root,
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--", "tracker"],
-            cwd=root,
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown (not a git checkout)"
-    return head + (" + uncommitted changes in tracker/" if dirty else "")
 
 
 def versions(args: argparse.Namespace) -> str:

@@ -29,7 +29,6 @@ import json
 import multiprocessing
 import os
 import re
-import resource
 import shutil
 import signal
 import subprocess
@@ -49,6 +48,7 @@ from fanout import (  # noqa: E402
     TrackerServer,
     _raise_on_sigterm,
     finish_profiler,
+    fmt,
     free_port,
     http_json,
     machine_busy_seconds,
@@ -64,6 +64,7 @@ from fanout import (  # noqa: E402
     versions,
     wait_http_ok,
 )
+from ingest import children_cpu_seconds  # noqa: E402
 
 THIS_FILE = Path(__file__).resolve()
 RAW_BODY_PATH = "/raw"
@@ -132,11 +133,6 @@ class ClientResult:
     max_ms: float | None
     cpu_seconds: float
     notes: list[str] = field(default_factory=list)
-
-
-def children_cpu_seconds() -> float:
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
 
 
 def run_wrk(
@@ -463,10 +459,6 @@ class Bench:
             raise
         finally:
             self.children.stop(process)
-
-
-def fmt(value: float | None, spec: str) -> str:
-    return "-" if value is None else format(value, spec)
 
 
 def table(rows: list[Row]) -> str:
