@@ -10,9 +10,13 @@ Phases, each bounded in time (--warmup, then --seconds measured):
                        and config as `tracker serve`: WebSocket clients connect, and
                        `POST /publish` puts the body into every connection's mailbox (newest
                        per device, like tracker's hub); each connection's sender task sends it.
+  ref raw, batched     The same, each sender joining everything pending into one
+                       `{"type": "positions", "positions": [...]}` frame.
   realtime             `python -m tracker serve`; --subscribers `/ws/realtime` connections
                        authenticated with a read token on one instance, each receiving every
                        device of the instance.
+  realtime-batch       The same with `"batch": true` in authenticate (one `positions` frame
+                       per sender turn).
   share                The same server; one share session per device, --viewers-per-session
                        `/share/{token}/live` viewers each
                        (TRACKER_SHARING_PUSH_INTERVAL_SECONDS=0: every update is pushed).
@@ -395,7 +399,9 @@ def raw_broadcaster_app():
     and a sender task, and a receiver that notices the disconnect: the least that
     behaves like tracker's hub under load, with no framework, JSON, auth or database.
     A connection to `/ws?topic=KEY` gets only the messages of that key (like a share
-    viewer gets its device's); one to `/ws` gets every message.
+    viewer gets its device's); one to `/ws` gets every message. `batch=1` sends everything
+    pending as one `{"type": "positions", "positions": [...]}` frame (like /ws/realtime's
+    `"batch": true`).
     """
     from urllib.parse import parse_qs
 
@@ -441,6 +447,7 @@ def raw_broadcaster_app():
         await send({"type": "websocket.accept"})
         query = parse_qs(scope.get("query_string", b"").decode())
         topic = query.get("topic", ["*"])[0].encode()
+        batch = query.get("batch", ["0"])[0] == "1"
         connection = _RawConnection(trio.Event())
         connections = topics.setdefault(topic, set())
         connections.add(connection)
@@ -458,6 +465,8 @@ def raw_broadcaster_app():
                         connection.ready = trio.Event()
                         items = list(connection.pending.values())
                         connection.pending.clear()
+                        if batch:
+                            items = ['{"type":"positions","positions":[' + ",".join(items) + "]}"]
                         for text in items:
                             await send({"type": "websocket.send", "text": text})
                         await trio.lowlevel.checkpoint()
@@ -681,7 +690,7 @@ def receiver_process(
             client.sock.send(client_frame(payload, opcode))
 
     def on_message(client: _Client, payload: bytes, now: float) -> None:
-        nonlocal in_window, outside, unmapped, other, pongs
+        nonlocal other, pongs
         if mode == "idle" and client.state == OPEN:
             if payload.startswith(b'{"type":"ping"'):
                 send(client, PONG_FRAME_TEXT)
@@ -691,26 +700,11 @@ def receiver_process(
             return
         message = orjson.loads(payload)
         kind = message.get("type")
-        if kind == "position":
-            if mode == "share":
-                device = client.spec.device
-                ts = message.get("timestamp")
-            else:
-                device = token_index.get(message.get("DeviceToken"), -1)
-                ts = message.get("Timestamp")
-            if device < 0 or not isinstance(ts, int) or ts - base >= max_seq:
-                unmapped += 1
-                return
-            seq = ts - base
-            if seq < 0:  # a position from before this phase (a snapshot on connect)
-                outside += 1
-                return
-            sent = sent_times[device * max_seq + seq]
-            if sent > 0 and window_start <= now < window_end:
-                latencies.append(now - sent)
-                in_window += 1
-            else:
-                outside += 1
+        if kind == "positions" and mode == "realtime":
+            for position in message["positions"]:
+                on_position(client, position, now)
+        elif kind == "position":
+            on_position(client, message, now)
         elif kind == "welcome" and client.state == AUTHENTICATING:
             opened(client)
         elif kind == "ping":
@@ -720,6 +714,28 @@ def receiver_process(
             errors[f"error {message.get('code')}: {str(message.get('message'))[:60]}"] += 1
         else:
             other += 1
+
+    def on_position(client: _Client, message: dict, now: float) -> None:
+        nonlocal in_window, outside, unmapped
+        if mode == "share":
+            device = client.spec.device
+            ts = message.get("timestamp")
+        else:
+            device = token_index.get(message.get("DeviceToken"), -1)
+            ts = message.get("Timestamp")
+        if device < 0 or not isinstance(ts, int) or ts - base >= max_seq:
+            unmapped += 1
+            return
+        seq = ts - base
+        if seq < 0:  # a position from before this phase (a snapshot on connect)
+            outside += 1
+            return
+        sent = sent_times[device * max_seq + seq]
+        if sent > 0 and window_start <= now < window_end:
+            latencies.append(now - sent)
+            in_window += 1
+        else:
+            outside += 1
 
     def on_data(client: _Client, now: float) -> None:
         buf = client.buf
@@ -1378,9 +1394,12 @@ class FanoutBench:
             **kwargs,
         )
 
-    def raw_phase(self, devices: list[Device], per_device: bool) -> PhaseResult:
-        """The reference: every client gets every device (like /ws/realtime), or
-        --viewers-per-session clients per device get that device's (like share viewers)."""
+    def raw_phase(
+        self, devices: list[Device], per_device: bool, batch: bool = False
+    ) -> PhaseResult:
+        """The reference: every client gets every device (like /ws/realtime; batched like
+        its `"batch": true` when batch), or --viewers-per-session clients per device get
+        that device's (like share viewers)."""
         raw = RawBroadcaster(self.workdir, self.children, self.server_cpus)
         step("reference: raw ASGI broadcaster on Hypercorn's trio worker")
         raw.start()
@@ -1393,10 +1412,11 @@ class FanoutBench:
                 ]
                 fan = [self.args.viewers_per_session] * len(devices)
             else:
-                specs = [WsSpec(RAW_WS_PATH) for _ in range(self.args.subscribers)]
+                path = f"{RAW_WS_PATH}?batch=1" if batch else RAW_WS_PATH
+                specs = [WsSpec(path) for _ in range(self.args.subscribers)]
                 fan = [len(specs)] * len(devices)
             return self.phase(
-                RAW_PER_DEVICE if per_device else RAW_ALL,
+                RAW_PER_DEVICE if per_device else RAW_ALL_BATCH if batch else RAW_ALL,
                 port=raw.port,
                 server_pid=raw.pid,
                 specs=specs,
@@ -1428,12 +1448,19 @@ class FanoutBench:
         rows = []
         if "raw" in args.phases:
             rows.append(self.raw_phase(devices, per_device=False))
+        if "raw-batch" in args.phases:
+            rows.append(self.raw_phase(devices, per_device=False, batch=True))
         if "raw-topics" in args.phases:
             rows.append(self.raw_phase(devices, per_device=True))
         step("starting `python -m tracker serve`")
         server.start()
         try:
-            if "realtime" in args.phases:
+            for phase, name, batch in (
+                ("realtime", REALTIME, False),
+                ("realtime-batch", REALTIME_BATCH, True),
+            ):
+                if phase not in args.phases:
+                    continue
                 auth = json.dumps(
                     {
                         "type": "authenticate",
@@ -1442,12 +1469,13 @@ class FanoutBench:
                         "units": "metric",
                         "timezone": "UTC",
                         "date_format": "unix",
+                        "batch": batch,
                     }
                 ).encode()
                 specs = [WsSpec(f"{API_PREFIX}/ws/realtime", auth) for _ in range(args.subscribers)]
                 rows.append(
                     self.phase(
-                        REALTIME,
+                        name,
                         port=server.port,
                         server_pid=server.pid,
                         specs=specs,
@@ -1603,12 +1631,14 @@ def machine_line(server_cpus, client_cpus) -> str:
 
 # -- command line ----------------------------------------------------------------------
 
-PHASES = ("raw", "raw-topics", "realtime", "share")
+PHASES = ("raw", "raw-batch", "raw-topics", "realtime", "realtime-batch", "share")
 RAW_ALL = "ref: raw, all to all"
+RAW_ALL_BATCH = "ref: raw, all to all, batched"
 RAW_PER_DEVICE = "ref: raw, per device"
 REALTIME = "tracker: /ws/realtime"
+REALTIME_BATCH = 'tracker: /ws/realtime "batch"'
 SHARE = "tracker: share live"
-REFERENCE_OF = {REALTIME: RAW_ALL, SHARE: RAW_PER_DEVICE}
+REFERENCE_OF = {REALTIME: RAW_ALL, REALTIME_BATCH: RAW_ALL_BATCH, SHARE: RAW_PER_DEVICE}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

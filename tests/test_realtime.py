@@ -6,8 +6,11 @@ import time
 import pytest
 import trio
 from trio_websocket import ConnectionClosed, ConnectionRejected, open_websocket_url
+from wsproto import ConnectionType, WSConnection
+from wsproto.events import Request, TextMessage
 
 from tests.conftest import start_server
+from tracker.hub import instance_topic
 from tracker.models import Position
 from tracker.store import devices
 
@@ -252,3 +255,108 @@ async def test_unanswered_pings_close_the_connection(nursery, settings, fleet, a
         await authenticate(ws, fleet.a.read_token, fleet.a.instance_id)
         sent = await expect_close(ws, 4008)  # we read but never answer
         assert {"type": "ping"} in sent
+
+
+async def test_batch_mode_sends_positions_messages(server, tracker, fleet):
+    await tracker.writer.submit(fleet.a.device_token, [fix(51.5, -0.12, NOW - 5)])
+    async with open_websocket_url(f"{server.ws}/ws/realtime") as ws:
+        welcome = await authenticate(ws, fleet.a.read_token, fleet.a.instance_id, batch=True)
+        assert welcome["batch"] is True
+        snapshot = await receive(ws)
+        assert snapshot["type"] == "positions"
+        [position] = snapshot["positions"]
+        assert position["type"] == "position"
+        assert (position["DeviceToken"], position["Lat"]) == (fleet.a.device_token, 51.5)
+        assert position["DisplayIdentifier"] == "Alpha Driver"
+        await tracker.writer.submit(fleet.a.device_token, [fix(51.6, -0.1, NOW - 1)])
+        live = await receive(ws)
+        assert [(p["Lat"], p["Timestamp"]) for p in live["positions"]] == [(51.6, int(NOW - 1))]
+
+
+async def test_batch_must_be_a_boolean(server, fleet):
+    async with open_websocket_url(f"{server.ws}/ws/realtime") as ws:
+        await ws.send_message(
+            json.dumps(
+                {
+                    "type": "authenticate",
+                    "jwt": fleet.a.read_token,
+                    "instance_id": fleet.a.instance_id,
+                    "batch": "yes",
+                }
+            )
+        )
+        [error] = await expect_close(ws, 4002)
+        assert "batch" in error["message"]
+
+
+async def test_positions_within_one_fanout_interval_arrive_together(nursery, settings, fleet, app):
+    """The first position after a quiet spell goes out at once; what follows within
+    realtime.fanout_interval_seconds waits for one delivery (one frame when batched)."""
+    settings = settings.replace(realtime={"fanout_interval_seconds": 1.0})
+    tracker = app.extensions["tracker"]
+    tracker.settings = settings
+    server = await start_server(nursery, app, settings)
+    second = tracker.db.write_sync(devices.create, fleet.a.instance_id, "second")[0].token
+    async with open_websocket_url(f"{server.ws}/ws/realtime") as ws:
+        await authenticate(ws, fleet.a.read_token, fleet.a.instance_id, batch=True)
+        await trio.sleep(1.2)  # past the interval: the hub is quiet
+        started = trio.current_time()
+        await tracker.writer.submit(fleet.a.device_token, [fix(10.0, ts=NOW - 3)])
+        first = await receive(ws)
+        assert [p["Lat"] for p in first["positions"]] == [10.0]
+        assert trio.current_time() - started < 0.9  # not held back
+        await tracker.writer.submit(fleet.a.device_token, [fix(11.0, ts=NOW - 2)])
+        await tracker.writer.submit(second, [fix(12.0, ts=NOW - 2)])
+        together = await receive(ws)
+        assert sorted(p["Lat"] for p in together["positions"]) == [11.0, 12.0]
+
+
+async def test_a_client_that_stops_reading_is_cut_off(nursery, settings, fleet, app):
+    """A client that keeps pinging but never reads fills the socket; the server cuts the
+    TCP connection after a ping interval stuck in a send, and forgets the subscriber."""
+    settings = settings.replace(
+        realtime={"ping_interval_seconds": 0.5, "fanout_interval_seconds": 0.0}
+    )
+    tracker = app.extensions["tracker"]
+    tracker.settings = settings
+    server = await start_server(nursery, app, settings)
+    tokens = [
+        tracker.db.write_sync(devices.create, fleet.a.instance_id, f"flood-{i}")[0].token
+        for i in range(50)
+    ]
+    host, port = server.url.removeprefix("http://").split(":")
+    sock = trio.socket.socket()
+    sock.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_RCVBUF, 4096)
+    await sock.connect((host, int(port)))
+    stream = trio.SocketStream(sock)
+    ws = WSConnection(ConnectionType.CLIENT)
+    await stream.send_all(ws.send(Request(host=host, target="/api/v1/ws/realtime")))
+    ws.receive_data(await stream.receive_some(4096))  # the 101 answer
+    list(ws.events())
+    auth = {"type": "authenticate", "jwt": fleet.a.read_token, "instance_id": fleet.a.instance_id}
+    await stream.send_all(ws.send(TextMessage(data=json.dumps(auth))))
+    topic = instance_topic(fleet.a.instance_id)
+    with trio.fail_after(5):
+        while tracker.hub.subscriber_count(topic) == 0:
+            await trio.sleep(0.05)
+
+    async def keep_pinging() -> None:
+        while True:
+            await stream.send_all(ws.send(TextMessage(data='{"type": "ping"}')))
+            await trio.sleep(0.1)
+
+    async def flood() -> None:
+        for step in range(200):
+            for token in tokens:
+                await tracker.writer.submit(token, [fix(1.0 + step / 1000, ts=NOW - 200 + step)])
+
+    try:
+        async with trio.open_nursery() as clients:
+            clients.start_soon(keep_pinging)
+            clients.start_soon(flood)
+            with trio.fail_after(15):
+                while tracker.hub.subscriber_count(topic) > 0:
+                    await trio.sleep(0.1)
+            clients.cancel_scope.cancel()
+    finally:
+        await stream.aclose()  # (on failure: lets the stuck send, and the server, end)

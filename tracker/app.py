@@ -205,10 +205,13 @@ def websocket_routes(tracker: Tracker) -> list[tuple[str, Handler]]:
 async def run_background(
     tracker: Tracker, *, task_status: trio.TaskStatus[trio.CancelScope] = trio.TASK_STATUS_IGNORED
 ) -> None:
-    """The long-lived tasks (writer, pruner, sweepers); cancelled as a group at shutdown."""
+    """The long-lived tasks (hub pump, writer, pruner, sweepers); cancelled as a group at shutdown."""
     try:
         with trio.CancelScope() as scope:
             async with trio.open_nursery() as nursery:
+                await nursery.start(
+                    tracker.hub.run_pump, tracker.settings.realtime.fanout_interval_seconds
+                )
                 await nursery.start(tracker.writer.run)
                 nursery.start_soon(run_pruner, tracker.db, tracker.settings.storage.retention_days)
                 nursery.start_soon(run_sweeper, tracker.db, tracker.hub)

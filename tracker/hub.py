@@ -11,6 +11,14 @@ slow consumer.
 
 Messages are encoded once per format, not once per subscriber: a `LiveFix`
 caches its encodings by format key (`LiveFix.encoded`).
+
+Publishing is paced (`Hub.run_pump`, `realtime.fanout_interval_seconds`):
+what is published goes out at once when the hub has been quiet, and
+otherwise waits, in order, for the next delivery at most one interval after
+the last. Under load, each subscriber is then woken once per interval with
+everything new, instead of once per commit: the wake-ups (not the bytes)
+are what a thousand subscribers cost, and unpaced they take the whole loop
+and starve ingest.
 """
 
 from __future__ import annotations
@@ -118,6 +126,28 @@ class Hub:
 
     def __init__(self) -> None:
         self._topics: dict[str, set[Subscription]] = {}
+        self._queue: list[tuple[str, Hashable, Any]] | None = None  # set while the pump runs
+        self._queued = trio.Event()
+
+    async def run_pump(
+        self, interval: float, *, task_status: trio.TaskStatus = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Deliver what is published at most once per interval (see the module doc)."""
+        self._queue = []
+        task_status.started()
+        try:
+            while True:
+                await self._queued.wait()
+                self._queued = trio.Event()
+                queue, self._queue = self._queue, []
+                for topic, key, item in queue:
+                    self._deliver(topic, key, item)
+                del queue
+                await trio.sleep(interval)
+        finally:
+            queue, self._queue = self._queue or [], None
+            for topic, key, item in queue:
+                self._deliver(topic, key, item)
 
     @contextmanager
     def subscribe(self, topic: str, mailbox: Mailbox) -> Iterator[Subscription]:
@@ -132,14 +162,18 @@ class Hub:
                 if not subscribers:
                     del self._topics[topic]
 
-    def publish(self, topic: str, key: Hashable, item: Any) -> int:
-        """Deliver to every subscriber of the topic (filtered by its keys); returns how many."""
-        delivered = 0
+    def publish(self, topic: str, key: Hashable, item: Any) -> None:
+        """Deliver to every subscriber of the topic (filtered by its keys), paced by the pump."""
+        if self._queue is None:
+            self._deliver(topic, key, item)
+        else:
+            self._queue.append((topic, key, item))
+            self._queued.set()
+
+    def _deliver(self, topic: str, key: Hashable, item: Any) -> None:
         for subscription in self._topics.get(topic, ()):
             if subscription.keys is None or key in subscription.keys:
                 subscription.mailbox.put(key, item)
-                delivered += 1
-        return delivered
 
     def subscriber_count(self, topic: str) -> int:
         return len(self._topics.get(topic, ()))

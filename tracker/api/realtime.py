@@ -9,13 +9,21 @@ position (the snapshot), then live positions as the writer commits them.
 `realtime.ping_interval_seconds` and closes a client silent for two
 intervals. Close codes are listed in docs/websockets.md.
 
+`"batch": true` in `authenticate` asks for `{"type": "positions",
+"positions": [...]}` instead: everything pending when the connection's sender
+gets its turn goes out in one frame. No delay is added; under load a frame
+simply carries more positions, which is what lets one process keep 1,000
+dispatchers current with 100 vehicles (docs/benchmarks.md).
+
 Positions are encoded once per stream format (units, zone, date format) and
-the text is shared by every subscriber that asked for that format.
+the bytes are shared by every subscriber that asked for that format: the
+whole frame of a `position` message, and the JSON that batches join.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,6 +46,7 @@ from tracker.websocket import (
     MESSAGE_TOO_BIG,
     TIMEOUT,
     Connection,
+    Frame,
     json_message,
     run_connection,
 )
@@ -57,19 +66,57 @@ class StreamRefused(Exception):
 
 @dataclass(frozen=True)
 class StreamFormat:
-    """How one subscriber wants positions written: units and time style."""
+    """How one subscriber wants positions written: units, time style, one frame per tick."""
 
     units: str
     time: TimeStyle
+    batch: bool = False
 
     @property
     def key(self) -> tuple:
         return ("realtime", self.units, self.time.timezone, self.time.date_format)
 
-    def render(self, fix: LiveFix) -> str:
+    def payload(self, fix: LiveFix) -> bytes:
+        """The position message's JSON, encoded once per format."""
         return fix.encoded(self.key, self._encode)
 
-    def _encode(self, fix: LiveFix) -> str:
+    def frame(self, fix: LiveFix) -> Frame:
+        """The position message as a whole frame, built once per format."""
+        return fix.encoded((self.key, "frame"), lambda fix: Frame.text(self.payload(fix)))
+
+    def frames(self, items: list[Any]) -> Iterator[Frame]:
+        """What a take() found, as frames: control frames in place, fixes per the format."""
+        if not self.batch:
+            for item in items:
+                yield item if isinstance(item, Frame) else self.frame(item)
+            return
+        group: list[LiveFix] = []
+        for item in items:
+            if isinstance(item, Frame):
+                if group:
+                    yield self.batch_frame(group)
+                    group = []
+                yield item
+            else:
+                group.append(item)
+        if group:
+            yield self.batch_frame(group)
+
+    def batch_frame(self, fixes: list[LiveFix]) -> Frame:
+        """One `positions` frame; subscribers that got the same fixes share it.
+
+        A subscriber that keeps up gets exactly what the hub delivered in one
+        go, so every such subscriber of the instance asks for the same list.
+        """
+        key = (self.key, tuple(fixes))  # the fixes themselves: no reused identities
+        frame = _recent_batches.get(key)
+        if frame is None:
+            if len(_recent_batches) >= RECENT_BATCHES:
+                _recent_batches.clear()
+            frame = _recent_batches[key] = batch_frame([self.payload(fix) for fix in fixes])
+        return frame
+
+    def _encode(self, fix: LiveFix) -> bytes:
         p = fix.position
         speed, accuracy, altitude = p.speed, p.accuracy, p.altitude
         if self.units == "imperial":
@@ -92,7 +139,16 @@ class StreamFormat:
         }
         if p.attributes.get("alarm"):
             message["Alarm"] = p.attributes["alarm"]
-        return jsoncodec.dumps(message).decode()
+        return jsoncodec.dumps(message)
+
+
+RECENT_BATCHES = 256  # batch frames kept for the other subscribers of a delivery
+_recent_batches: dict[tuple, Frame] = {}
+
+
+def batch_frame(payloads: list[bytes]) -> Frame:
+    """One `positions` message from encoded position messages (joined, not re-encoded)."""
+    return Frame.text(b'{"type":"positions","positions":[' + b",".join(payloads) + b"]}")
 
 
 def _authenticate(tracker: Tracker, message: dict[str, Any]) -> tuple[Principal, str, StreamFormat]:
@@ -119,7 +175,10 @@ def _authenticate(tracker: Tracker, message: dict[str, Any]) -> tuple[Principal,
         style = TimeStyle.parse(message.get("timezone"), message.get("date_format"))
     except TimeFormatError as error:
         raise StreamRefused(INVALID_MESSAGE, str(error)[:120]) from None
-    return principal, instance_id, StreamFormat(units, style)
+    batch = message.get("batch", False)
+    if not isinstance(batch, bool):
+        raise StreamRefused(INVALID_MESSAGE, "batch must be true or false")
+    return principal, instance_id, StreamFormat(units, style, batch)
 
 
 def _origin_allowed(tracker: Tracker, origin: str | None) -> bool:
@@ -181,6 +240,7 @@ async def realtime_stream(tracker: Tracker, connection: Connection) -> None:
                 "units": stream_format.units,
                 "timezone": stream_format.time.timezone,
                 "date_format": stream_format.time.date_format,
+                "batch": stream_format.batch,
                 "ping_interval_seconds": ping_interval,
             },
         )
@@ -205,7 +265,7 @@ async def realtime_stream(tracker: Tracker, connection: Connection) -> None:
 
         await run_connection(
             connection,
-            sender=lambda: connection.run_sender(stream_format.render),
+            sender=lambda: connection.run_sender(stream_format.frames),
             on_message=on_message,
             ping_interval=ping_interval,
         )

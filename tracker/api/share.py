@@ -51,7 +51,7 @@ from tracker.store import devices
 from tracker.store import positions as positions_store
 from tracker.store import sessions as sessions_store
 from tracker.store.sessions import ACTIVE, EXPIRED, ShareSession
-from tracker.websocket import BAD_TOKEN, NORMAL, Connection, run_connection
+from tracker.websocket import BAD_TOKEN, NORMAL, Connection, Frame, run_connection
 
 blueprint = Blueprint("share", __name__)
 tag_blueprint(blueprint, ["share"])
@@ -187,7 +187,7 @@ async def share_stream(tracker: Tracker, connection: Connection, share_token: st
 
 
 async def _say_and_close(connection: Connection, message: dict, code: int) -> None:
-    await connection.send_or_close_slow(jsoncodec.dumps(message).decode())
+    await connection.send_text(jsoncodec.dumps(message).decode())
     await connection.close(code)
 
 
@@ -195,7 +195,7 @@ async def _say_and_close(connection: Connection, message: dict, code: int) -> No
 class _Rendering:
     """One session's message for one fix, rendered by the first viewer, awaited by the rest."""
 
-    text: str | None = None
+    frame: Frame | None = None
     done: trio.Event = field(default_factory=trio.Event)
 
 
@@ -214,7 +214,7 @@ class ShareViewer:
     def _deadline(self) -> float:
         return trio.current_time() + max(0.0, self.session.expires_at - time.time())
 
-    async def _render(self, position: Position, display_name: str) -> str:
+    async def _render(self, position: Position, display_name: str) -> Frame:
         recent = await self.tracker.db.read(
             positions_store.last_since,
             self.session.device_token,
@@ -222,9 +222,9 @@ class ShareViewer:
             SPEED_SAMPLES,
         )
         eta = eta_for(self.session, position, moving_speed(recent), self.tracker.settings)
-        return jsoncodec.dumps(live_message(self.session, position, eta, display_name)).decode()
+        return Frame.text(jsoncodec.dumps(live_message(self.session, position, eta, display_name)))
 
-    async def _render_fix(self, fix: LiveFix) -> str:
+    async def _render_fix(self, fix: LiveFix) -> Frame:
         # Every viewer of this session shares one rendering of each fix.
         key = (
             "share",
@@ -236,53 +236,51 @@ class ShareViewer:
         if rendering is None:
             rendering = fix.cache(key, _Rendering())
             try:
-                rendering.text = await self._render(fix.position, fix.display_name)
+                rendering.frame = await self._render(fix.position, fix.display_name)
             finally:
-                rendering.done.set()  # a cancelled renderer leaves text None: others render
+                rendering.done.set()  # a cancelled renderer leaves frame None: others render
         else:
             await rendering.done.wait()
-        if rendering.text is None:
+        if rendering.frame is None:
             return await self._render(fix.position, fix.display_name)
-        return rendering.text
+        return rendering.frame
 
-    async def _send_current(self) -> bool:
+    async def _send_current(self) -> None:
         state = await self.tracker.db.read(_device_state, self.session, False)
         if state.position is None:
-            return True
-        text = await self._render(state.position, state.display_name)
+            return
+        frame = await self._render(state.position, state.display_name)
         self.last_sent = state.position.timestamp
         self.next_allowed = trio.current_time() + self.interval
-        return await self.connection.send_or_close_slow(text)
+        await self.connection.send_frame(frame)
 
-    async def _send_pending(self) -> bool:
+    async def _send_pending(self) -> None:
         fix = self.pending
         self.pending = None
         if fix is None:
-            return True
+            return
         if self.last_sent is not None and fix.position.timestamp <= self.last_sent:
-            return True
+            return
         self.last_sent = fix.position.timestamp
         self.next_allowed = trio.current_time() + self.interval
-        return await self.connection.send_or_close_slow(await self._render_fix(fix))
+        await self.connection.send_frame(await self._render_fix(fix))
 
     async def _finish(self, reason: str) -> None:
-        if await self._send_pending():
-            await self.connection.send_or_close_slow(
-                jsoncodec.dumps({"type": "session_ended", "reason": reason}).decode()
-            )
-            await self.connection.close(NORMAL, reason)
+        await self._send_pending()
+        await self.connection.send_text(
+            jsoncodec.dumps({"type": "session_ended", "reason": reason}).decode()
+        )
+        await self.connection.close(NORMAL, reason)
 
     async def run(self) -> None:
-        if not await self._send_current():
-            return
+        await self._send_current()
         deadline = self._deadline()
         while True:
             wake_at = min(deadline, self.next_allowed if self.pending else math.inf)
             with trio.move_on_at(wake_at):
                 for item in await self.connection.mailbox.take():
-                    if isinstance(item, str):
-                        if not await self.connection.send_or_close_slow(item):
-                            return
+                    if isinstance(item, Frame):
+                        await self.connection.send_frame(item)
                     elif isinstance(item, SessionEnded):
                         await self._finish(item.reason)
                         return
@@ -293,14 +291,13 @@ class ShareViewer:
                             return
                         self.session = reloaded
                         self.pending = None
-                        if not await self._send_current():
-                            return
+                        await self._send_current()
                     elif isinstance(item, LiveFix):
                         self.pending = item
             if trio.current_time() >= deadline:
                 await self._finish("expired")
                 return
             due = self.pending is not None and trio.current_time() >= self.next_allowed
-            if due and not await self._send_pending():
-                return
+            if due:
+                await self._send_pending()
             await trio.lowlevel.checkpoint()
