@@ -205,7 +205,7 @@ def websocket_routes(tracker: Tracker) -> list[tuple[str, Handler]]:
 async def run_background(
     tracker: Tracker, *, task_status: trio.TaskStatus[trio.CancelScope] = trio.TASK_STATUS_IGNORED
 ) -> None:
-    """The long-lived tasks (hub pump, writer, pruner, sweepers); cancelled as a group at shutdown."""
+    """The long-lived tasks (hub pump, writer, keepalive, pruner, sweepers); cancelled together."""
     try:
         with trio.CancelScope() as scope:
             async with trio.open_nursery() as nursery:
@@ -213,6 +213,9 @@ async def run_background(
                     tracker.hub.run_pump, tracker.settings.realtime.fanout_interval_seconds
                 )
                 await nursery.start(tracker.writer.run)
+                await nursery.start(
+                    tracker.keepalive.run, tracker.settings.realtime.ping_interval_seconds
+                )
                 nursery.start_soon(run_pruner, tracker.db, tracker.settings.storage.retention_days)
                 nursery.start_soon(run_sweeper, tracker.db, tracker.hub)
                 task_status.started(scope)

@@ -1,4 +1,4 @@
-"""What one running app shares: settings, store, token verifier, hub and writer.
+"""What one running app shares: settings, store, token verifier, hub, writer, keepalive.
 
 Routes reach it with `current()`; tests reach it through `app.extensions`.
 There is one per app and none at module level.
@@ -17,6 +17,7 @@ from tracker.config import Settings
 from tracker.hub import Hub
 from tracker.ratelimit import RateLimiter
 from tracker.store import Database
+from tracker.websocket import Keepalive
 from tracker.writer import Writer
 
 
@@ -28,6 +29,7 @@ class Tracker:
     hub: Hub
     writer: Writer
     share_limiter: RateLimiter
+    keepalive: Keepalive = field(default_factory=Keepalive)
     started_at: float = field(default_factory=time.monotonic)
     background: trio.CancelScope | None = None
     background_done: trio.Event = field(default_factory=trio.Event)

@@ -74,6 +74,8 @@ class LiveFix:
 class Mailbox:
     """A bounded, conflating mailbox: one per subscriber, keyed (e.g. by device)."""
 
+    __slots__ = ("capacity", "_pending", "_ready", "overflowed", "closed")
+
     def __init__(self, capacity: int = DEFAULT_MAILBOX_CAPACITY):
         self.capacity = capacity
         self._pending: dict[Hashable, Any] = {}
@@ -115,7 +117,7 @@ class Mailbox:
             await self._ready.wait()
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Subscription:
     mailbox: Mailbox
     keys: frozenset[Hashable] | None = None  # None: every key of the topic

@@ -6,7 +6,8 @@ CPU per frame, DESIGN.md) and speak ASGI to Hypercorn directly.
 `WebSocketRouter` wraps Quart's `asgi_app` and hands those paths to their
 handlers; everything else goes to Quart.
 
-Every connection runs, in one nursery, a receiver and a sender:
+Every connection runs, in one nursery, a receiver and a sender, and is
+watched by the app's one `Keepalive` task:
 - the receiver is always reading, so the client's frames never pile up, and
   it notices a disconnect at once and cancels the connection's scope (after
   a client goes away Hypercorn's send returns at once without yielding, and a
@@ -14,10 +15,12 @@ Every connection runs, in one nursery, a receiver and a sender:
 - the sender waits on the connection's mailbox (a real checkpoint), so it
   never loops on `send`; an overflowing mailbox closes the connection with
   4009 (slow consumer);
-- the pinger pings, closes a client silent for two intervals, and cuts the
-  TCP connection under a send stuck for a whole interval (a client that
-  stopped reading: Hypercorn shields its socket writes from cancellation,
-  so a timeout around `send` could never fire);
+- the keepalive pings each connection once per interval, closes a client
+  silent for two intervals, and cuts the TCP connection under a send stuck
+  for a whole interval (a client that stopped reading: Hypercorn shields
+  its socket writes from cancellation, so a timeout around `send` could
+  never fire). One task for all connections rather than a pinger each
+  keeps an idle connection small (docs/benchmarks.md, memory);
 - control frames the server sends (pong, ping, errors) go through the same
   mailbox, so only the sender ever sends.
 
@@ -40,9 +43,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import re
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from typing import Any
 
 import trio
@@ -125,6 +129,20 @@ def _hypercorn_tcp(stream: WSStream | None) -> TCPServer | None:
 class Connection:
     """One accepted (or about to be accepted) WebSocket, over raw ASGI."""
 
+    __slots__ = (
+        "scope",
+        "_receive",
+        "_send",
+        "_stream",
+        "_tcp",
+        "mailbox",
+        "closed",
+        "sending_since",
+        "last_heard",
+        "ping_due",
+        "cancel_scope",
+    )
+
     def __init__(self, scope: dict, receive: Callable, send: Callable):
         self.scope = scope
         self._receive = receive
@@ -134,10 +152,21 @@ class Connection:
         self.mailbox = Mailbox()
         self.closed = False
         self.sending_since: float | None = None  # when the send in progress began
-        self.headers = {
-            name.decode("latin-1").lower(): value.decode("latin-1")
-            for name, value in scope.get("headers", [])
-        }
+        self.last_heard = trio.current_time()  # the client's last message
+        self.ping_due = math.inf  # set by the keepalive
+        self.cancel_scope: trio.CancelScope | None = None  # of run_connection
+
+    def header(self, name: bytes) -> str | None:
+        """A request header of the handshake (name in lower case), or None."""
+        for key, value in self.scope.get("headers", ()):
+            if key.lower() == name:
+                return value.decode("latin-1")
+        return None
+
+    def end(self) -> None:
+        """Stop the connection's tasks (run_connection returns)."""
+        if self.cancel_scope is not None:
+            self.cancel_scope.cancel()
 
     @property
     def client_address(self) -> str:
@@ -274,59 +303,104 @@ class Connection:
 MessageHandler = Callable[[dict[str, Any]], Awaitable[None]]
 
 
+class Keepalive:
+    """Pings every open connection once per interval, from one task (see the module doc)."""
+
+    def __init__(self) -> None:
+        self._connections: set[Connection] = set()
+        self.interval = math.inf
+
+    @contextlib.contextmanager
+    def watching(self, connection: Connection) -> Iterator[None]:
+        connection.ping_due = trio.current_time() + self.interval
+        self._connections.add(connection)
+        try:
+            yield
+        finally:
+            self._connections.discard(connection)
+
+    async def run(
+        self, interval: float, *, task_status: trio.TaskStatus = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Every interval / 4, look at each connection: cut, close, ping or leave it."""
+        self.interval = interval
+        async with trio.open_nursery() as nursery:  # the closes, which wait on the client
+            task_status.started()
+            while True:
+                await trio.sleep(interval / 4)
+                now = trio.current_time()
+                for connection in list(self._connections):
+                    if connection.send_stuck_for(now) >= interval:
+                        log.info(
+                            "cutting WebSocket client %s: not reading", connection.client_address
+                        )
+                        self._connections.discard(connection)
+                        nursery.start_soon(_cut_off, connection)
+                    elif now - connection.last_heard > 2 * interval:
+                        self._connections.discard(connection)
+                        nursery.start_soon(_time_out, connection)
+                    elif now >= connection.ping_due:
+                        connection.ping_due = now + interval
+                        connection.post("ping", {"type": "ping"})
+
+
+async def _cut_off(connection: Connection) -> None:
+    await connection.abort()
+    connection.end()
+
+
+async def _time_out(connection: Connection) -> None:
+    await connection.close(TIMEOUT, "no answer to pings")
+    connection.end()
+
+
 async def run_connection(
     connection: Connection,
     *,
     sender: Callable[[], Awaitable[None]],
     on_message: MessageHandler,
-    ping_interval: float,
+    keepalive: Keepalive,
 ) -> None:
-    """Run an accepted connection: receiver, pinger and sender in one nursery.
+    """Run an accepted connection: its receiver and sender in one nursery, under keepalive.
 
     The receiver answers `ping` with `pong`, ignores `pong`, and hands other
-    messages to on_message; a message over 4 KiB closes with 1009. The pinger
-    sends `ping` every interval and closes a client silent for two. When any
-    of the three ends (or the client goes away) the others are cancelled.
+    messages to on_message; a message over 4 KiB closes with 1009. When
+    either ends (or the client goes away, or the keepalive gives up on the
+    client) the other is cancelled.
     """
-    last_heard = trio.current_time()
 
     async def receiver() -> None:
-        nonlocal last_heard
-        while True:
-            text = await connection.receive_text()
-            last_heard = trio.current_time()
-            if len(text.encode()) > MAX_MESSAGE_BYTES:
-                await connection.close(MESSAGE_TOO_BIG, "message too large")
-                return
-            message = json_message(text)
-            kind = message.get("type") if message else None
-            if kind == "ping":
-                connection.post("pong", {"type": "pong"})
-            elif kind != "pong":
-                await on_message(message or {})
+        try:
+            while True:
+                text = await connection.receive_text()
+                connection.last_heard = trio.current_time()
+                if len(text.encode()) > MAX_MESSAGE_BYTES:
+                    await connection.close(MESSAGE_TOO_BIG, "message too large")
+                    return
+                message = json_message(text)
+                kind = message.get("type") if message else None
+                if kind == "ping":
+                    connection.post("pong", {"type": "pong"})
+                elif kind != "pong":
+                    await on_message(message or {})
+        except Disconnected:
+            pass
+        finally:
+            connection.end()
 
-    async def pinger() -> None:
-        while True:
-            await trio.sleep(ping_interval)
-            now = trio.current_time()
-            if connection.send_stuck_for(now) >= ping_interval:
-                log.info("cutting WebSocket consumer %s: not reading", connection.client_address)
-                await connection.abort()
-                return
-            if now - last_heard > 2 * ping_interval:
-                await connection.close(TIMEOUT, "no answer to pings")
-                return
-            connection.post("ping", {"type": "ping"})
+    async def run_sender() -> None:
+        try:
+            await sender()
+        except Disconnected:
+            pass
+        finally:
+            connection.end()
 
-    async with trio.open_nursery() as nursery:
-
-        async def first_to_end(task: Callable[[], Awaitable[None]]) -> None:
-            with contextlib.suppress(Disconnected):
-                await task()
-            nursery.cancel_scope.cancel()
-
-        for task in (receiver, pinger, sender):
-            nursery.start_soon(first_to_end, task)
+    with keepalive.watching(connection):
+        async with trio.open_nursery() as nursery:
+            connection.cancel_scope = nursery.cancel_scope
+            nursery.start_soon(receiver)
+            nursery.start_soon(run_sender)
 
 
 def json_message(text: str) -> dict[str, Any] | None:

@@ -212,14 +212,16 @@ def _snapshot_fix(row: positions_store.DeviceFix) -> LiveFix:
 
 
 async def realtime_stream(tracker: Tracker, connection: Connection) -> None:
-    if not _origin_allowed(tracker, connection.headers.get("origin")):
-        log.warning("refused /ws/realtime from origin %s", connection.headers.get("origin"))
+    origin = connection.header(b"origin")
+    if not _origin_allowed(tracker, origin):
+        log.warning("refused /ws/realtime from origin %s", origin)
         await connection.reject()
         return
     await connection.accept()
     try:
-        message = await _first_message(tracker, connection)
-        principal, instance_id, stream_format = _authenticate(tracker, message)
+        principal, instance_id, stream_format = _authenticate(
+            tracker, await _first_message(tracker, connection)
+        )  # (the message, token and all, is not kept for the connection's life)
     except StreamRefused as refused:
         await connection.send_text(
             jsoncodec.dumps(
@@ -267,7 +269,7 @@ async def realtime_stream(tracker: Tracker, connection: Connection) -> None:
             connection,
             sender=lambda: connection.run_sender(stream_format.frames),
             on_message=on_message,
-            ping_interval=ping_interval,
+            keepalive=tracker.keepalive,
         )
 
 

@@ -182,7 +182,7 @@ async def share_stream(tracker: Tracker, connection: Connection, share_token: st
             connection,
             sender=viewer.run,
             on_message=no_commands,
-            ping_interval=tracker.settings.realtime.ping_interval_seconds,
+            keepalive=tracker.keepalive,
         )
 
 
