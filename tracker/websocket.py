@@ -45,6 +45,7 @@ import contextlib
 import logging
 import math
 import os
+import random
 import re
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from typing import Any
@@ -62,6 +63,7 @@ log = logging.getLogger("tracker.websocket")
 
 MAX_MESSAGE_BYTES = 4096
 CLOSE_TIMEOUT_SECONDS = 2.0
+KEEPALIVE_TICK_SECONDS = 0.5  # how often the keepalive looks (pings spread at this grain)
 FRAMES_PER_WRITE = 64  # frames joined into one write; the sender yields between writes
 
 # Close codes (documented in docs/websockets.md).
@@ -312,7 +314,9 @@ class Keepalive:
 
     @contextlib.contextmanager
     def watching(self, connection: Connection) -> Iterator[None]:
-        connection.ping_due = trio.current_time() + self.interval
+        # The first ping somewhere in the interval: clients that connected together
+        # (a restart) are pinged, and answer, spread out rather than all at once.
+        connection.ping_due = trio.current_time() + self.interval * random.uniform(0.5, 1.0)
         self._connections.add(connection)
         try:
             yield
@@ -322,12 +326,12 @@ class Keepalive:
     async def run(
         self, interval: float, *, task_status: trio.TaskStatus = trio.TASK_STATUS_IGNORED
     ) -> None:
-        """Every interval / 4, look at each connection: cut, close, ping or leave it."""
+        """Every tick, look at each connection: cut, close, ping (when due) or leave it."""
         self.interval = interval
         async with trio.open_nursery() as nursery:  # the closes, which wait on the client
             task_status.started()
             while True:
-                await trio.sleep(interval / 4)
+                await trio.sleep(min(interval / 4, KEEPALIVE_TICK_SECONDS))
                 now = trio.current_time()
                 for connection in list(self._connections):
                     if connection.send_stuck_for(now) >= interval:
