@@ -360,3 +360,56 @@ async def test_a_client_that_stops_reading_is_cut_off(nursery, settings, fleet, 
             clients.cancel_scope.cancel()
     finally:
         await stream.aclose()  # (on failure: lets the stuck send, and the server, end)
+
+
+async def test_a_slow_reader_gets_whole_frames_in_order_and_the_latest_of_each_device(
+    server, tracker, fleet
+):
+    """Writes the socket cannot take at once are finished later, never cut or reordered:
+    a client reading a small buffer slowly decodes every frame, sees each device's
+    positions in order, and ends with each device's newest one."""
+    tokens = [
+        tracker.db.write_sync(devices.create, fleet.a.instance_id, f"slow-{i}")[0].token
+        for i in range(20)
+    ]
+    host, port = server.url.removeprefix("http://").split(":")
+    sock = trio.socket.socket()
+    sock.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_RCVBUF, 4096)
+    await sock.connect((host, int(port)))
+    stream = trio.SocketStream(sock)
+    ws = WSConnection(ConnectionType.CLIENT)
+    await stream.send_all(ws.send(Request(host=host, target="/api/v1/ws/realtime")))
+    ws.receive_data(await stream.receive_some(4096))  # the 101 answer
+    list(ws.events())
+    auth = {"type": "authenticate", "jwt": fleet.a.read_token, "instance_id": fleet.a.instance_id}
+    await stream.send_all(ws.send(TextMessage(data=json.dumps(auth))))
+    steps = 100
+    parts: list[str] = []
+    last_seen: dict[str, int] = {}
+    finals = {token: int(NOW) - 200 + steps - 1 for token in tokens}
+
+    async def flood() -> None:
+        for step in range(steps):
+            for token in tokens:
+                await tracker.writer.submit(token, [fix(1.0 + step / 1000, ts=NOW - 200 + step)])
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(flood)
+        with trio.fail_after(30):
+            while {t: last_seen.get(t) for t in tokens} != finals:
+                await trio.sleep(0.05)  # a slow reader
+                ws.receive_data(await stream.receive_some(4096))
+                for event in ws.events():
+                    if not isinstance(event, TextMessage):
+                        continue
+                    parts.append(event.data)  # wsproto hands over what has arrived so far
+                    if not event.message_finished:
+                        continue
+                    message = json.loads("".join(parts))  # a cut frame would not parse
+                    parts.clear()
+                    if message["type"] != "position" or message["DeviceToken"] not in finals:
+                        continue
+                    token, ts = message["DeviceToken"], message["Timestamp"]
+                    assert ts > last_seen.get(token, 0), "a device's positions out of order"
+                    last_seen[token] = ts
+    await stream.aclose()

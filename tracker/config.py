@@ -85,7 +85,7 @@ class RealtimeSettings(_Section):
     auth_timeout_seconds: float = Field(5, gt=0)
     ping_interval_seconds: float = Field(25, gt=0)
     allowed_origins: list[str] = []
-    fanout_interval_seconds: float = Field(0.05, ge=0, le=5)
+    fanout_interval_seconds: float = Field(0.025, ge=0, le=5)
 
 
 class UserServiceSettings(_Section):

@@ -18,7 +18,10 @@ otherwise waits, in order, for the next delivery at most one interval after
 the last. Under load, each subscriber is then woken once per interval with
 everything new, instead of once per commit: the wake-ups (not the bytes)
 are what a thousand subscribers cost, and unpaced they take the whole loop
-and starve ingest.
+and starve ingest. A subscriber whose reader is idle and whose mailbox has a
+`Flusher` (a WebSocket that can write without waiting) is not woken at all:
+after the delivery the pump has the flusher write what it got, and only
+what the socket does not take is left to the reader.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from __future__ import annotations
 from collections.abc import Callable, Hashable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import trio
 
@@ -74,7 +77,7 @@ class LiveFix:
 class Mailbox:
     """A bounded, conflating mailbox: one per subscriber, keyed (e.g. by device)."""
 
-    __slots__ = ("capacity", "_pending", "_ready", "overflowed", "closed")
+    __slots__ = ("capacity", "_pending", "_ready", "overflowed", "closed", "waiting", "flusher")
 
     def __init__(self, capacity: int = DEFAULT_MAILBOX_CAPACITY):
         self.capacity = capacity
@@ -82,14 +85,42 @@ class Mailbox:
         self._ready = trio.Event()
         self.overflowed = False
         self.closed = False
+        self.waiting = False  # the reader is parked in take()
+        self.flusher: Flusher | None = None  # writes for an idle reader (see Hub.run_pump)
 
-    def put(self, key: Hashable, item: Any) -> None:
+    def put(self, key: Hashable, item: Any, wake: bool = True) -> None:
         """Never blocks: replaces an unsent item of the same key, or marks overflow."""
         if key not in self._pending and len(self._pending) >= self.capacity:
             self.overflowed = True
+            wake = True
         else:
             self._pending[key] = item
+        if wake:
+            self._ready.set()
+
+    @property
+    def idle(self) -> bool:
+        """The reader waits in take() with nothing pending and no wake-up on its way."""
+        return (
+            self.waiting
+            and not self._pending
+            and not self._ready.is_set()
+            and not self.overflowed
+            and not self.closed
+        )
+
+    @property
+    def woken(self) -> bool:
+        return self._ready.is_set()
+
+    def wake(self) -> None:
         self._ready.set()
+
+    def drain(self) -> list[Any]:
+        """Take everything pending now, oldest first (for a flusher)."""
+        items = list(self._pending.values())
+        self._pending.clear()
+        return items
 
     def peek(self, key: Hashable) -> Any:
         """The pending item of this key, if any (None otherwise)."""
@@ -114,7 +145,16 @@ class Mailbox:
             if self.closed:
                 raise MailboxClosed()
             self._ready = trio.Event()
-            await self._ready.wait()
+            self.waiting = True
+            try:
+                await self._ready.wait()
+            finally:
+                self.waiting = False
+
+
+class Flusher(Protocol):
+    def flush(self, mailbox: Mailbox) -> None:
+        """Send what the idle reader's mailbox holds, at once, or leave it to the reader."""
 
 
 @dataclass(eq=False, slots=True)
@@ -142,9 +182,13 @@ class Hub:
                 await self._queued.wait()
                 self._queued = trio.Event()
                 queue, self._queue = self._queue, []
+                direct: dict[Mailbox, Flusher] = {}
                 for topic, key, item in queue:
-                    self._deliver(topic, key, item)
+                    self._deliver(topic, key, item, direct)
                 del queue
+                for mailbox, flusher in direct.items():
+                    flusher.flush(mailbox)
+                del direct
                 await trio.sleep(interval)
         finally:
             queue, self._queue = self._queue or [], None
@@ -172,10 +216,25 @@ class Hub:
             self._queue.append((topic, key, item))
             self._queued.set()
 
-    def _deliver(self, topic: str, key: Hashable, item: Any) -> None:
+    def _deliver(
+        self, topic: str, key: Hashable, item: Any, direct: dict[Mailbox, Flusher] | None = None
+    ) -> None:
+        """Put into each subscriber's mailbox. With direct, the mailboxes of idle readers
+        that have a flusher are filled without waking the reader and noted in direct,
+        to be flushed after the whole delivery (one write each, no task switch)."""
         for subscription in self._topics.get(topic, ()):
             if subscription.keys is None or key in subscription.keys:
-                subscription.mailbox.put(key, item)
+                mailbox = subscription.mailbox
+                flusher = mailbox.flusher
+                if (
+                    direct is not None
+                    and flusher is not None
+                    and (mailbox in direct or mailbox.idle)
+                ):
+                    mailbox.put(key, item, wake=False)
+                    direct[mailbox] = flusher
+                else:
+                    mailbox.put(key, item)
 
     def subscriber_count(self, topic: str) -> int:
         return len(self._topics.get(topic, ()))

@@ -107,6 +107,15 @@ class Frame(bytes):
         return self[2 if size < 126 else 4 if size == 126 else 10 :]
 
 
+class Unsent(Frame):
+    """The rest of a direct write the socket did not take: it goes out next, whole."""
+
+    __slots__ = ()
+
+
+UNSENT = object()  # the mailbox key of an Unsent
+
+
 def _hypercorn_stream(send: Callable) -> WSStream | None:
     """Hypercorn's stream behind an ASGI send callable, when it is one (see the module doc)."""
     stream = getattr(send, "__self__", None)
@@ -143,6 +152,7 @@ class Connection:
         "last_heard",
         "ping_due",
         "cancel_scope",
+        "_frames",
     )
 
     def __init__(self, scope: dict, receive: Callable, send: Callable):
@@ -157,6 +167,7 @@ class Connection:
         self.last_heard = trio.current_time()  # the client's last message
         self.ping_due = math.inf  # set by the keepalive
         self.cancel_scope: trio.CancelScope | None = None  # of run_connection
+        self._frames: Callable[[list[Any]], Iterable[Frame]] | None = None  # of run_sender
 
     def header(self, name: bytes) -> str | None:
         """A request header of the handshake (name in lower case), or None."""
@@ -218,27 +229,65 @@ class Connection:
         if stream.closed or stream.state is not ASGIWebsocketState.CONNECTED:
             raise Disconnected()
         data: bytes = frames[0] if len(frames) == 1 else b"".join(frames)
-        size = len(data)
-        tcp = self._tcp
-        if tcp is not None and not tcp.send_lock.locked():
-            socket = tcp.stream.socket
-            descriptor = socket.fileno()
-            if descriptor >= 0 and not socket.did_shutdown_SHUT_WR:
-                try:
-                    written = os.write(descriptor, data)
-                except BlockingIOError:
-                    written = 0
-                except OSError:
-                    raise Disconnected() from None
-                if written == len(data):
-                    return
-                data = data[written:]
+        written = self._write_now(data)
+        if written == len(data):
+            return
+        partial = written > 0 or isinstance(frames[0], Unsent)
         self.sending_since = trio.current_time()
         try:
-            with trio.CancelScope(shield=len(data) < size):  # never cut a frame in half
-                await stream.send(Data(stream_id=stream.stream_id, data=data))
+            with trio.CancelScope(shield=partial):  # never cut a frame in half
+                await stream.send(Data(stream_id=stream.stream_id, data=data[written:]))
         finally:
             self.sending_since = None
+
+    def _write_now(self, data: bytes) -> int:
+        """Write to the socket without waiting, when nothing else is writing to it:
+        how many bytes went (0 when it cannot now). Disconnected when the client is gone."""
+        tcp = self._tcp
+        if tcp is None or tcp.send_lock.locked():
+            return 0
+        socket = tcp.stream.socket
+        descriptor = socket.fileno()
+        if descriptor < 0 or socket.did_shutdown_SHUT_WR:
+            return 0
+        try:
+            return os.write(descriptor, data)
+        except BlockingIOError:
+            return 0
+        except OSError:
+            raise Disconnected() from None
+
+    def flush(self, mailbox: Mailbox) -> None:
+        """The hub's pump: write what this idle sender's mailbox just got, in one write.
+
+        Whatever cannot go now (the socket is full or busy, the client left)
+        goes back to the mailbox, first, and the sender is woken to finish it.
+        """
+        stream = self._stream
+        frames = self._frames
+        if (
+            frames is None
+            or stream is None
+            or stream.closed
+            or not mailbox.waiting
+            or mailbox.woken
+            or mailbox.overflowed
+        ):
+            mailbox.wake()
+            return
+        items = mailbox.drain()
+        try:
+            data = b"".join(frames(items))
+        except Exception:
+            log.exception("rendering for WebSocket client %s failed", self.client_address)
+            self.end()
+            return
+        try:
+            written = self._write_now(data)
+        except Disconnected:
+            written = 0
+        if written < len(data):
+            mailbox.put(UNSENT, Unsent(data[written:]))
 
     def send_stuck_for(self, now: float) -> float:
         """How long the send in progress has been waiting (0 when none is)."""
@@ -275,8 +324,19 @@ class Connection:
         """Send the frames of everything that reaches the mailbox, in order; 4009 when behind.
 
         frames turns what one take() found (control frames among the stream's
-        own items, oldest first) into the frames to send.
+        own items, oldest first) into the frames to send. While this sender
+        waits, the hub's pump may write for it (`flush`).
         """
+        if self._tcp is not None:
+            self._frames = frames
+            self.mailbox.flusher = self
+        try:
+            await self._send_loop(frames)
+        finally:
+            self.mailbox.flusher = None
+            self._frames = None
+
+    async def _send_loop(self, frames: Callable[[list[Any]], Iterable[Frame]]) -> None:
         while True:
             try:
                 items = await self.mailbox.take()
