@@ -7,6 +7,7 @@ loopback port and talks to it over real sockets with httpx.
 
 from __future__ import annotations
 
+import json
 import secrets
 from dataclasses import dataclass
 from functools import partial
@@ -14,6 +15,8 @@ from functools import partial
 import httpx
 import pytest
 import trio
+from wsproto import ConnectionType, WSConnection
+from wsproto.events import Request, TextMessage
 
 from tracker.app import create_app
 from tracker.config import Settings
@@ -100,6 +103,27 @@ class LiveServer:
     @property
     def ws(self) -> str:
         return self.api.replace("http://", "ws://", 1)
+
+
+async def raw_websocket(
+    server: LiveServer, path: str, first: dict | None = None, receive_buffer: int | None = None
+) -> tuple[trio.SocketStream, WSConnection]:
+    """A WebSocket on a bare socket (wsproto), for clients that misbehave on purpose:
+    handshake done, first sent; receive_buffer shrinks the socket's receive buffer."""
+    host, port = server.url.removeprefix("http://").split(":")
+    sock = trio.socket.socket()
+    if receive_buffer:
+        sock.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_RCVBUF, receive_buffer)
+    await sock.connect((host, int(port)))
+    stream = trio.SocketStream(sock)
+    ws = WSConnection(ConnectionType.CLIENT)
+    prefix = server.settings.server.api_prefix
+    await stream.send_all(ws.send(Request(host=host, target=prefix + path)))
+    ws.receive_data(await stream.receive_some(4096))  # the 101 answer
+    list(ws.events())
+    if first is not None:
+        await stream.send_all(ws.send(TextMessage(data=json.dumps(first))))
+    return stream, ws
 
 
 async def start_server(nursery: trio.Nursery, app, settings: Settings) -> LiveServer:

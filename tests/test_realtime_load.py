@@ -8,9 +8,8 @@ import httpx
 import pytest
 import trio
 from trio_websocket import open_websocket_url
-from wsproto import ConnectionType, WSConnection
-from wsproto.events import Request, TextMessage
 
+from tests.conftest import raw_websocket
 from tracker.models import Position
 from tracker.store import devices
 
@@ -21,14 +20,8 @@ SECONDS = 3
 
 async def vanishing_client(server, token: str, instance_id: str) -> None:
     """Handshake and authenticate over a raw socket, read a little, then drop the socket."""
-    host, port = server.url.removeprefix("http://").split(":")
-    stream = await trio.open_tcp_stream(host, int(port))
-    ws = WSConnection(ConnectionType.CLIENT)
-    await stream.send_all(ws.send(Request(host=host, target="/api/v1/ws/realtime")))
-    ws.receive_data(await stream.receive_some(4096))  # the 101 answer
-    list(ws.events())
     auth = {"type": "authenticate", "jwt": token, "instance_id": instance_id}
-    await stream.send_all(ws.send(TextMessage(data=json.dumps(auth))))
+    stream, _ = await raw_websocket(server, "/ws/realtime", auth)
     await trio.sleep(random.uniform(0.2, 2.0))
     await stream.aclose()  # no close frame: gone
 
