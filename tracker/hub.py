@@ -104,7 +104,7 @@ class Mailbox:
         return (
             self.waiting
             and not self._pending
-            and not self._ready.is_set()
+            and not self.woken
             and not self.overflowed
             and not self.closed
         )

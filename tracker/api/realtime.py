@@ -10,10 +10,11 @@ position (the snapshot), then live positions as the writer commits them.
 intervals. Close codes are listed in docs/websockets.md.
 
 `"batch": true` in `authenticate` asks for `{"type": "positions",
-"positions": [...]}` instead: everything pending when the connection's sender
-gets its turn goes out in one frame. No delay is added; under load a frame
-simply carries more positions, which is what lets one process keep 1,000
-dispatchers current with 100 vehicles (docs/benchmarks.md).
+"positions": [...]}` instead: everything one hub delivery brings (deliveries
+are paced by `realtime.fanout_interval_seconds`, tracker/hub.py) goes out in
+one frame, shared by every subscriber that got the same positions. No delay
+is added to the unbatched stream's; a dashboard just parses far fewer
+messages (docs/benchmarks.md).
 
 Positions are encoded once per stream format (units, zone, date format) and
 the bytes are shared by every subscriber that asked for that format: the
