@@ -6,8 +6,10 @@ import time
 
 import jwt
 import pytest
+import trio
 
 from tests.conftest import bearer
+from tracker.errors import Unauthorized
 
 
 def _b64(data: dict) -> str:
@@ -172,3 +174,23 @@ async def test_public_key_mode_accepts_identity_provider_tokens(nursery, setting
         assert ok.status_code == 200
         forged = await client.get(f"/instances/{instance.id}", headers=bearer(hs_with_public_key))
         assert forged.status_code == 401
+
+
+async def test_a_remembered_token_still_expires_and_is_not_valid_before_it_was_issued(
+    tracker, fleet
+):
+    """Verified tokens are remembered (a dashboard polls with one token); the memory
+    never outlives the token, nor makes it valid before its iat."""
+    verifier = tracker.verifier
+    leeway = 60
+    issued = time.time() - 600 - leeway + 1.5  # expires, leeway included, in 1.5 s
+    token = verifier.mint(
+        subject="poller", instances=[fleet.a.instance_id], scope="read", ttl_seconds=600, now=issued
+    )
+    assert verifier.verify(token).subject == "poller"
+    assert verifier.verify(token).subject == "poller"  # remembered
+    with pytest.raises(Unauthorized, match="issued in the future"):
+        verifier.verify(token, now=issued - 3600)
+    await trio.sleep(2)
+    with pytest.raises(Unauthorized, match="expired"):
+        verifier.verify(token)

@@ -32,6 +32,7 @@ SCOPES: tuple[Scope, ...] = ("read", "admin", "ingest")
 ALL_INSTANCES = "*"
 MIN_SECRET_BYTES = 32
 CLOCK_LEEWAY_SECONDS = 60
+VERIFIED_TOKENS_KEPT = 4096  # verified tokens remembered (see TokenVerifier.verify)
 MAX_TOKEN_BYTES = 8192
 GENERATED_SECRET_NAME = "jwt_secret"
 
@@ -112,6 +113,7 @@ class TokenVerifier:
             self._key = secret
             self._secret = secret
             self.algorithms = ["HS256"]
+        self._verified: dict[str, tuple[Principal, float, float]] = {}  # see verify()
 
     @property
     def can_mint(self) -> bool:
@@ -145,9 +147,30 @@ class TokenVerifier:
         return jwt.encode(claims, self._secret, algorithm="HS256")
 
     def verify(self, token: str, now: float | None = None) -> Principal:
-        """A Principal for a valid token; Unauthorized (401) for anything else."""
+        """A Principal for a valid token; Unauthorized (401) for anything else.
+
+        A token that verified is remembered until it expires (tokens cannot be
+        revoked, and a token string is only ever the same signed claims), so a
+        dashboard polling with one token pays for the signature check once;
+        failures are never remembered.
+        """
         if not token or len(token) > MAX_TOKEN_BYTES:
             raise Unauthorized("missing or oversized token")
+        now = time.time() if now is None else now
+        remembered = self._verified.get(token)
+        if remembered is not None and remembered[1] <= now < remembered[2]:
+            return remembered[0]
+        principal, claims = self._verify(token, now)
+        if len(self._verified) >= VERIFIED_TOKENS_KEPT:
+            self._verified.clear()
+        self._verified[token] = (
+            principal,
+            claims["iat"] - CLOCK_LEEWAY_SECONDS,
+            claims["exp"] + CLOCK_LEEWAY_SECONDS,
+        )
+        return principal
+
+    def _verify(self, token: str, now: float) -> tuple[Principal, dict]:
         try:
             claims = jwt.decode(
                 token,
@@ -160,7 +183,7 @@ class TokenVerifier:
             raise Unauthorized("token expired") from None
         except (jwt.InvalidTokenError, ValueError, TypeError):
             raise Unauthorized("invalid token") from None
-        return self._principal(claims, time.time() if now is None else now)
+        return self._principal(claims, now), claims
 
     def _principal(self, claims: dict, now: float) -> Principal:
         exp, iat, sub = claims.get("exp"), claims.get("iat"), claims.get("sub")
