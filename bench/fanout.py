@@ -76,11 +76,14 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 API_PREFIX = "/api/v1"
+T = TypeVar("T")
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 THIS_FILE = Path(__file__).resolve()
 ROOT = THIS_FILE.parent.parent
@@ -392,6 +395,17 @@ class _RawConnection:
         self.ready = event
 
 
+async def answer_lifespan(receive, send) -> None:
+    """The ASGI lifespan of the raw reference apps: nothing to start or stop."""
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+
+
 def raw_broadcaster_app():
     """The bare stack: raw ASGI WebSockets, a POST that broadcasts its body to all of them.
 
@@ -408,15 +422,6 @@ def raw_broadcaster_app():
     import trio
 
     topics: dict[bytes, set[_RawConnection]] = {}
-
-    async def lifespan(receive, send) -> None:
-        while True:
-            message = await receive()
-            if message["type"] == "lifespan.startup":
-                await send({"type": "lifespan.startup.complete"})
-            elif message["type"] == "lifespan.shutdown":
-                await send({"type": "lifespan.shutdown.complete"})
-                return
 
     async def publish(scope, receive, send) -> None:
         body = b""
@@ -478,7 +483,7 @@ def raw_broadcaster_app():
 
     async def app(scope, receive, send) -> None:
         if scope["type"] == "lifespan":
-            await lifespan(receive, send)
+            await answer_lifespan(receive, send)
         elif scope["type"] == "http":
             await publish(scope, receive, send)
         elif scope["type"] == "websocket":
@@ -850,6 +855,48 @@ def receiver_process(
 # -- the sender (ingest) process ------------------------------------------------------
 
 
+async def read_http_response(stream, buffer: bytearray) -> tuple[int, bytes]:
+    """One HTTP/1.1 response off a keep-alive trio stream: (status, lower-cased header).
+
+    buffer keeps what was read past the response (a pipelined next one)."""
+    while (header_end := buffer.find(b"\r\n\r\n")) < 0:
+        data = await stream.receive_some(65536)
+        if not data:
+            raise ConnectionResetError("server closed the connection")
+        buffer += data
+    header = bytes(buffer[:header_end]).lower()
+    status = int(header[9:12])
+    length = 0
+    for line in header.split(b"\r\n")[1:]:
+        if line.startswith(b"content-length:"):
+            length = int(line[15:])
+    while len(buffer) < header_end + 4 + length:
+        data = await stream.receive_some(65536)
+        if not data:
+            raise ConnectionResetError("server closed the connection")
+        buffer += data
+    del buffer[: header_end + 4 + length]
+    return status, header
+
+
+def in_workdir(prefix: str, keep: bool, job: Callable[[Path, Children], T]) -> T | None:
+    """job(workdir, children) in a new temp directory; every child process is stopped and
+    the directory removed (unless keep) however it ends. None when interrupted (Ctrl-C)."""
+    children = Children()
+    workdir = Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        return job(workdir, children)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return None
+    finally:
+        children.stop_all()
+        if keep:
+            print(f"kept {workdir}", file=sys.stderr)
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
 def position_message(token: str, index: int, seq: int, ts: int) -> bytes:
     """The reference's message: the shape and size of tracker's /ws/realtime position."""
     return json.dumps(
@@ -930,26 +977,6 @@ def sender_process(
             )
         return head.encode() + body
 
-    async def read_response(stream, buffer: bytearray) -> tuple[int, bytes]:
-        while (header_end := buffer.find(b"\r\n\r\n")) < 0:
-            data = await stream.receive_some(65536)
-            if not data:
-                raise ConnectionResetError("server closed the connection")
-            buffer += data
-        header = bytes(buffer[:header_end]).lower()
-        status = int(header[9:12])
-        length = 0
-        for line in header.split(b"\r\n")[1:]:
-            if line.startswith(b"content-length:"):
-                length = int(line[15:])
-        while len(buffer) < header_end + 4 + length:
-            data = await stream.receive_some(65536)
-            if not data:
-                raise ConnectionResetError("server closed the connection")
-            buffer += data
-        del buffer[: header_end + 4 + length]
-        return status, header
-
     def answered(sent: float, status: int) -> None:
         if window[0] <= sent < window[1]:
             latencies.append(time.time() - sent)
@@ -975,7 +1002,7 @@ def sender_process(
             sent = stamp(index, seq)
             try:
                 await stream.send_all(data)
-                status, header = await read_response(stream, buffer)
+                status, header = await read_http_response(stream, buffer)
             except (OSError, trio.BrokenResourceError, ValueError) as error:
                 counts[f"socket error {error.__class__.__name__}"] += 1
                 await stream.aclose()
@@ -1002,7 +1029,7 @@ def sender_process(
         async def reader() -> None:
             buffer = bytearray()
             async for _ in receive_channel:  # one item per request written
-                status, header = await read_response(stream, buffer)
+                status, header = await read_http_response(stream, buffer)
                 answered(outstanding.popleft(), status)
                 if b"connection: close" in header:
                     raise ConnectionResetError("the server closed a pipelined connection")
@@ -1701,21 +1728,16 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, _raise_on_sigterm)
     nofile = raise_nofile_limit()
-    children = Children()
-    workdir = Path(tempfile.mkdtemp(prefix="tracker-bench-fanout-"))
     started = time.time()
-    try:
+
+    def job(workdir: Path, children: Children) -> tuple[FanoutBench, list]:
         bench = FanoutBench(args, workdir, children)
-        rows = bench.run()
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        return bench, bench.run()
+
+    outcome = in_workdir("tracker-bench-fanout-", args.keep, job)
+    if outcome is None:
         return 130
-    finally:
-        children.stop_all()
-        if args.keep:
-            print(f"kept {workdir}", file=sys.stderr)
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
+    bench, rows = outcome
 
     print(f"tracker fan-out benchmark, {time.strftime('%Y-%m-%d %H:%M', time.localtime(started))}")
     print(machine_line(bench.server_cpus, bench.client_cpus))

@@ -34,15 +34,12 @@ import json
 import os
 import platform
 import resource
-import secrets
 import shutil
 import signal
 import sqlite3
 import subprocess
 import sys
-import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -50,12 +47,20 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 # The harness pieces every benchmark shares live in fanout.py.
 from fanout import (  # noqa: E402
+    Children,
     Device,
+    TrackerServer,
     _raise_on_sigterm,
+    answer_lifespan,
     fmt,
     free_port,
+    in_workdir,
+    machine_busy_seconds,
+    process_cpu_seconds,
+    read_http_response,
     revision,
     step,
+    thread_cpu_seconds,
     wait_http_ok,
 )
 
@@ -64,79 +69,10 @@ BATCH_SIZE = 100
 SQLITE_ROWS_PER_TRANSACTION = 100
 RAW_ASGI_PATH = "/raw"
 RAW_ASGI_RESPONSE = b'{"accepted":1,"duplicates":0}'
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 THIS_FILE = Path(__file__).resolve()
 
 
 # -- child processes ---------------------------------------------------------
-
-
-class Children:
-    """Every process the benchmark starts; all are stopped on exit, error or Ctrl-C."""
-
-    def __init__(self) -> None:
-        self.processes: list[subprocess.Popen | object] = []
-
-    def popen(self, argv: list[str], *, cpus: set[int] | None, **kwargs) -> subprocess.Popen:
-        def pin() -> None:
-            if cpus:
-                os.sched_setaffinity(0, cpus)
-
-        # A new session: the terminal's Ctrl-C reaches only us; we stop the children.
-        process = subprocess.Popen(argv, preexec_fn=pin, start_new_session=True, **kwargs)
-        self.processes.append(process)
-        return process
-
-    def add(self, process: object) -> None:
-        self.processes.append(process)
-
-    def stop(self, process, timeout: float = 10) -> None:
-        if isinstance(process, subprocess.Popen):
-            if process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-                try:
-                    process.wait(timeout)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-                    process.wait()
-        else:  # multiprocessing.Process
-            if process.is_alive():
-                process.terminate()
-                process.join(timeout)
-                if process.is_alive():
-                    process.kill()
-                    process.join()
-        if process in self.processes:
-            self.processes.remove(process)
-
-    def stop_all(self) -> None:
-        for process in list(reversed(self.processes)):
-            try:
-                self.stop(process)
-            except Exception as error:  # keep stopping the others
-                print(f"warning: could not stop a child process: {error}", file=sys.stderr)
-
-
-def process_cpu_seconds(pid: int) -> float:
-    """utime + stime of a running process, all its threads included."""
-    with open(f"/proc/{pid}/stat") as stat:
-        fields = stat.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
-
-
-def thread_cpu_seconds(pid: int) -> dict[int, float]:
-    """CPU seconds per thread of a running process, keyed by thread id.
-
-    (Not by name: trio renames its worker threads after the job they run.)
-    """
-    threads = {}
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        try:
-            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:  # the thread ended meanwhile
-            continue
-        threads[int(task.name)] = (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
-    return threads
 
 
 def thread_split(
@@ -156,14 +92,6 @@ def thread_split(
     )
 
 
-def machine_busy_seconds() -> float:
-    """CPU seconds all cores spent busy since boot (from /proc/stat), every process included."""
-    with open("/proc/stat") as stat:
-        fields = [int(x) for x in stat.readline().split()[1:]]
-    user, nice, system, _idle, _iowait, irq, softirq, steal = fields[:8]
-    return (user + nice + system + irq + softirq + steal) / CLOCK_TICKS
-
-
 def children_cpu_seconds() -> float:
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     return usage.ru_utime + usage.ru_stime
@@ -172,62 +100,11 @@ def children_cpu_seconds() -> float:
 # -- the tracker server and its devices --------------------------------------
 
 
-class Tracker:
-    def __init__(self, workdir: Path, children: Children, cpus: set[int] | None):
-        self.workdir = workdir
-        self.children = children
-        self.cpus = cpus
-        self.db_path = workdir / "tracker.db"
-        self.port = free_port()
-        self.log = workdir / "server.log"
-        self.env = {
-            **os.environ,
-            "TRACKER_SERVER_HOST": "127.0.0.1",
-            "TRACKER_SERVER_PORT": str(self.port),
-            "TRACKER_SERVER_PUBLIC_URL": f"http://127.0.0.1:{self.port}",
-            "TRACKER_STORAGE_PATH": str(self.db_path),
-            "TRACKER_AUTH_JWT_SECRET": secrets.token_urlsafe(48),
-        }
-        self.process: subprocess.Popen | None = None
-
-    def cli(self, *args: str) -> dict:
-        result = subprocess.run(
-            [sys.executable, "-m", "tracker", *args, "--json"],
-            cwd=self.workdir,
-            env=self.env,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-        if result.returncode != 0:
-            raise RuntimeError(f"tracker {' '.join(args)} failed:\n{result.stderr}")
-        return json.loads(result.stdout)
+class Tracker(TrackerServer):
+    """The server under test, with what the ingest phases read from its database."""
 
     def make_devices(self, count: int) -> list[Device]:
-        instance_id = self.cli("instance", "create", "Bench fleet")["instance_id"]
-
-        def add(index: int) -> Device:
-            out = self.cli("device", "add", "--instance", instance_id, "--name", f"Bench {index}")
-            return Device(out["device_token"], out["ingest_key"])
-
-        with ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2)) as pool:
-            return list(pool.map(add, range(count)))
-
-    def start(self) -> None:
-        with open(self.log, "ab") as log:
-            self.process = self.children.popen(
-                [sys.executable, "-m", "tracker", "serve"],
-                cpus=self.cpus,
-                cwd=self.workdir,
-                env=self.env,
-                stdout=subprocess.DEVNULL,
-                stderr=log,
-            )
-        wait_http_ok(self.port, f"{API_PREFIX}/health", self.process, self.log)
-
-    def stop(self) -> None:
-        if self.process is not None:
-            self.children.stop(self.process, timeout=20)
+        return self.add_devices(self.create_instance("Bench fleet"), count)
 
     def count_rows(self) -> int:
         with sqlite3.connect(self.db_path, timeout=30) as conn:
@@ -245,10 +122,6 @@ class Tracker:
             previous = current
         return previous
 
-    def max_timestamp(self) -> float | None:
-        with sqlite3.connect(self.db_path, timeout=30) as conn:
-            return conn.execute("SELECT max(ts) FROM positions").fetchone()[0]
-
     def out_of_order_inserts(self) -> int:
         """Fixes stored after a later fix of the same device (they would force trip recounts)."""
         with sqlite3.connect(self.db_path, timeout=30) as conn:
@@ -264,13 +137,8 @@ class Tracker:
 async def raw_asgi_app(scope, receive, send) -> None:
     """The bare stack: read the POST body, answer 201 with a small JSON body."""
     if scope["type"] == "lifespan":
-        while True:
-            message = await receive()
-            if message["type"] == "lifespan.startup":
-                await send({"type": "lifespan.startup.complete"})
-            elif message["type"] == "lifespan.shutdown":
-                await send({"type": "lifespan.shutdown.complete"})
-                return
+        await answer_lifespan(receive, send)
+        return
     if scope["type"] != "http":
         return
     while True:
@@ -533,23 +401,7 @@ def _python_client_process(port, jobs, batch, start_at, seconds, results, cpus) 
             sent = time.perf_counter()
             try:
                 await stream.send_all(head % len(body) + body)
-                while (header_end := buffer.find(b"\r\n\r\n")) < 0:
-                    data = await stream.receive_some(65536)
-                    if not data:
-                        raise ConnectionResetError("server closed the connection")
-                    buffer += data
-                header = bytes(buffer[:header_end]).lower()
-                status = int(header[9:12])
-                length = 0
-                for line in header.split(b"\r\n")[1:]:
-                    if line.startswith(b"content-length:"):
-                        length = int(line[15:])
-                while len(buffer) < header_end + 4 + length:
-                    data = await stream.receive_some(65536)
-                    if not data:
-                        raise ConnectionResetError("server closed the connection")
-                    buffer += data
-                del buffer[: header_end + 4 + length]
+                status, header = await read_http_response(stream, buffer)
             except (OSError, trio.BrokenResourceError, ValueError):
                 counts["failed"] += 1
                 await stream.aclose()
@@ -605,14 +457,8 @@ def run_python_clients(
     cpu_before = children_cpu_seconds()
     workers = []
     for index in range(processes):
-        worker = context.Process(
-            target=_python_client_process,
-            args=(port, jobs[index::processes], batch, start_at, seconds, results, cpus),
-            daemon=True,
-        )
-        worker.start()
-        children.add(worker)
-        workers.append(worker)
+        args = (port, jobs[index::processes], batch, start_at, seconds, results, cpus)
+        workers.append(children.spawn(_python_client_process, args))
     collected = [results.get(timeout=seconds + 120) for _ in workers]
     for worker in workers:
         worker.join(30)
@@ -800,8 +646,8 @@ class Bench:
     def ingest_phase(self, tracker: Tracker, devices: list[Device], batch: int) -> Row:
         def next_base() -> float:
             # After every stored fix: each device's fixes stay in time order across phases.
-            latest = tracker.max_timestamp()
-            return (latest + 1.0) if latest is not None else time.time() - 20 * 3600
+            latest = tracker.max_timestamp()  # 0.0 while the database is empty
+            return (latest + 1.0) if latest else time.time() - 20 * 3600
 
         self.drive(tracker.port, devices, next_base(), batch, self.args.warmup)
         base = next_base()
@@ -1001,21 +847,16 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     signal.signal(signal.SIGTERM, _raise_on_sigterm)
-    children = Children()
-    workdir = Path(tempfile.mkdtemp(prefix="tracker-bench-"))
     started = time.time()
-    try:
+
+    def job(workdir: Path, children: Children) -> tuple[Bench, list]:
         bench = Bench(args, workdir, children)
-        rows = bench.run()
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        return bench, bench.run()
+
+    outcome = in_workdir("tracker-bench-", args.keep, job)
+    if outcome is None:
         return 130
-    finally:
-        children.stop_all()
-        if args.keep:
-            print(f"kept {workdir}", file=sys.stderr)
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
+    bench, rows = outcome
 
     pinning = (
         f"server on CPU {sorted(bench.server_cpus)}, clients on CPU {sorted(bench.client_cpus)}"

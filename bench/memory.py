@@ -29,10 +29,8 @@ import argparse
 import json
 import multiprocessing
 import platform
-import shutil
 import signal
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -51,6 +49,7 @@ from fanout import (  # noqa: E402
     TrackerServer,
     WsSpec,
     _raise_on_sigterm,
+    in_workdir,
     machine_line,
     raise_nofile_limit,
     receiver_process,
@@ -297,20 +296,13 @@ def main(argv: list[str] | None = None) -> int:
             f"warning: the open-files limit is {nofile}, under the {needed} the server needs",
             file=sys.stderr,
         )
-    children = Children()
-    workdir = Path(tempfile.mkdtemp(prefix="tracker-bench-memory-"))
     started = time.time()
-    try:
-        results, info = run(args, workdir, children)
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+    outcome = in_workdir(
+        "tracker-bench-memory-", args.keep, lambda workdir, children: run(args, workdir, children)
+    )
+    if outcome is None:
         return 130
-    finally:
-        children.stop_all()
-        if args.keep:
-            print(f"kept {workdir}", file=sys.stderr)
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
+    results, info = outcome
 
     print(f"tracker memory benchmark, {time.strftime('%Y-%m-%d %H:%M', time.localtime(started))}")
     print(machine_line(info["server_cpus"], info["client_cpus"]))

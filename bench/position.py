@@ -33,7 +33,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,14 +46,17 @@ from fanout import (  # noqa: E402
     Collector,
     TrackerServer,
     _raise_on_sigterm,
+    answer_lifespan,
     finish_profiler,
     fmt,
     free_port,
     http_json,
+    in_workdir,
     machine_busy_seconds,
     machine_line,
     process_cpu_seconds,
     raise_nofile_limit,
+    read_http_response,
     render_table,
     revision,
     split_cpus,
@@ -97,13 +99,8 @@ def serve_raw_asgi(port: int, body: bytes) -> None:
 
     async def app(scope, receive, send) -> None:
         if scope["type"] == "lifespan":
-            while True:
-                message = await receive()
-                if message["type"] == "lifespan.startup":
-                    await send({"type": "lifespan.startup.complete"})
-                elif message["type"] == "lifespan.shutdown":
-                    await send({"type": "lifespan.shutdown.complete"})
-                    return
+            await answer_lifespan(receive, send)
+            return
         if scope["type"] != "http":
             return
         while True:
@@ -206,23 +203,7 @@ def _python_client_process(port, path, headers, connections, start_at, seconds, 
             sent = time.perf_counter()
             try:
                 await stream.send_all(request)
-                while (header_end := buffer.find(b"\r\n\r\n")) < 0:
-                    data = await stream.receive_some(65536)
-                    if not data:
-                        raise ConnectionResetError("server closed the connection")
-                    buffer += data
-                header = bytes(buffer[:header_end]).lower()
-                status = int(header[9:12])
-                length = 0
-                for line in header.split(b"\r\n")[1:]:
-                    if line.startswith(b"content-length:"):
-                        length = int(line[15:])
-                while len(buffer) < header_end + 4 + length:
-                    data = await stream.receive_some(65536)
-                    if not data:
-                        raise ConnectionResetError("server closed the connection")
-                    buffer += data
-                del buffer[: header_end + 4 + length]
+                status, header = await read_http_response(stream, buffer)
             except (OSError, trio.BrokenResourceError, ValueError):
                 counts["failed"] += 1
                 await stream.aclose()
@@ -527,21 +508,16 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _raise_on_sigterm)
     raise_nofile_limit()
     multiprocessing.set_start_method("fork", force=True)
-    children = Children()
-    workdir = Path(tempfile.mkdtemp(prefix="tracker-bench-position-"))
     started = time.time()
-    try:
+
+    def job(workdir: Path, children: Children) -> tuple[Bench, list]:
         bench = Bench(args, workdir, children)
-        rows = bench.run()
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        return bench, bench.run()
+
+    outcome = in_workdir("tracker-bench-position-", args.keep, job)
+    if outcome is None:
         return 130
-    finally:
-        children.stop_all()
-        if args.keep:
-            print(f"kept {workdir}", file=sys.stderr)
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
+    bench, rows = outcome
 
     when = time.strftime("%Y-%m-%d %H:%M", time.localtime(started))
     print(f"tracker GET /position benchmark, {when}")
