@@ -492,8 +492,31 @@ def raw_broadcaster_app():
     return app
 
 
-def serve_raw_broadcaster(port: int) -> None:
-    """`--role raw-broadcaster`: Hypercorn's trio worker with tracker's own Hypercorn config."""
+def raw_http_app(status: int, body: bytes):
+    """The bare stack over HTTP: read the request body, answer status with a JSON body."""
+    headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
+
+    async def app(scope, receive, send) -> None:
+        if scope["type"] == "lifespan":
+            await answer_lifespan(receive, send)
+            return
+        if scope["type"] != "http":
+            return
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            if not message.get("more_body", False):
+                break
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+    return app
+
+
+def serve_raw_app(app, port: int) -> None:
+    """A reference app (`--role raw-...`) on Hypercorn's trio worker, with tracker's own
+    Hypercorn config (backlog, timeouts, limits), until SIGTERM."""
     import trio
     from hypercorn.trio import serve
 
@@ -503,7 +526,7 @@ def serve_raw_broadcaster(port: int) -> None:
     raise_nofile_limit()
     settings = Settings().replace(server={"host": "127.0.0.1", "port": port})
     config = hypercorn_config(settings)
-    trio.run(lambda: serve(raw_broadcaster_app(), config, shutdown_trigger=wait_for_stop_signal))
+    trio.run(lambda: serve(app, config, shutdown_trigger=wait_for_stop_signal))
 
 
 class RawBroadcaster:
@@ -1723,7 +1746,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.role == "raw-broadcaster":
-        serve_raw_broadcaster(args.port)
+        serve_raw_app(raw_broadcaster_app(), args.port)
         return 0
 
     signal.signal(signal.SIGTERM, _raise_on_sigterm)

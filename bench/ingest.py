@@ -51,14 +51,15 @@ from fanout import (  # noqa: E402
     Device,
     TrackerServer,
     _raise_on_sigterm,
-    answer_lifespan,
     fmt,
     free_port,
     in_workdir,
     machine_busy_seconds,
     process_cpu_seconds,
+    raw_http_app,
     read_http_response,
     revision,
+    serve_raw_app,
     step,
     thread_cpu_seconds,
     wait_http_ok,
@@ -72,7 +73,7 @@ RAW_ASGI_RESPONSE = b'{"accepted":1,"duplicates":0}'
 THIS_FILE = Path(__file__).resolve()
 
 
-# -- child processes ---------------------------------------------------------
+# -- CPU readings (the rest is in fanout.py) ----------------------------------
 
 
 def thread_split(
@@ -131,46 +132,8 @@ class Tracker(TrackerServer):
             ).fetchone()[0]
 
 
-# -- the raw ASGI reference ---------------------------------------------------
-
-
-async def raw_asgi_app(scope, receive, send) -> None:
-    """The bare stack: read the POST body, answer 201 with a small JSON body."""
-    if scope["type"] == "lifespan":
-        await answer_lifespan(receive, send)
-        return
-    if scope["type"] != "http":
-        return
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            return
-        if not message.get("more_body", False):
-            break
-    await send(
-        {
-            "type": "http.response.start",
-            "status": 201,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", b"%d" % len(RAW_ASGI_RESPONSE)),
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": RAW_ASGI_RESPONSE})
-
-
-def serve_raw_asgi(port: int) -> None:
-    """`--role raw-asgi`: Hypercorn's trio worker with tracker's own Hypercorn config."""
-    import trio
-    from hypercorn.trio import serve
-
-    from tracker.config import Settings
-    from tracker.server import hypercorn_config, wait_for_stop_signal
-
-    settings = Settings().replace(server={"host": "127.0.0.1", "port": port})
-    config = hypercorn_config(settings)
-    trio.run(lambda: serve(raw_asgi_app, config, shutdown_trigger=wait_for_stop_signal))
+# -- the references -------------------------------------------------------------
+# The raw ASGI app is fanout.raw_http_app(201, RAW_ASGI_RESPONSE) (`--role raw-asgi`).
 
 
 # -- the SQLite reference -----------------------------------------------------
@@ -840,7 +803,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.role == "raw-asgi":
-        serve_raw_asgi(args.port)
+        serve_raw_app(raw_http_app(201, RAW_ASGI_RESPONSE), args.port)
         return 0
     if args.role == "sqlite":
         sqlite_reference(args.db, args.seconds, args.warmup)

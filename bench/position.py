@@ -46,7 +46,6 @@ from fanout import (  # noqa: E402
     Collector,
     TrackerServer,
     _raise_on_sigterm,
-    answer_lifespan,
     finish_profiler,
     fmt,
     free_port,
@@ -56,9 +55,11 @@ from fanout import (  # noqa: E402
     machine_line,
     process_cpu_seconds,
     raise_nofile_limit,
+    raw_http_app,
     read_http_response,
     render_table,
     revision,
+    serve_raw_app,
     split_cpus,
     start_profiler,
     step,
@@ -85,36 +86,6 @@ end
 
 
 # -- the raw ASGI reference ------------------------------------------------------------
-
-
-def serve_raw_asgi(port: int, body: bytes) -> None:
-    """`--role raw-asgi`: every GET answered 200 with `body`, on tracker's Hypercorn config."""
-    import trio
-    from hypercorn.trio import serve
-
-    from tracker.config import Settings
-    from tracker.server import hypercorn_config, wait_for_stop_signal
-
-    headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
-
-    async def app(scope, receive, send) -> None:
-        if scope["type"] == "lifespan":
-            await answer_lifespan(receive, send)
-            return
-        if scope["type"] != "http":
-            return
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return
-            if not message.get("more_body", False):
-                break
-        await send({"type": "http.response.start", "status": 200, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
-
-    settings = Settings().replace(server={"host": "127.0.0.1", "port": port})
-    config = hypercorn_config(settings)
-    trio.run(lambda: serve(app, config, shutdown_trigger=wait_for_stop_signal))
 
 
 # -- load clients ----------------------------------------------------------------------
@@ -502,7 +473,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.role == "raw-asgi":
-        serve_raw_asgi(args.port, Path(args.body).read_bytes())
+        serve_raw_app(raw_http_app(200, Path(args.body).read_bytes()), args.port)
         return 0
 
     signal.signal(signal.SIGTERM, _raise_on_sigterm)
