@@ -80,7 +80,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 API_PREFIX = "/api/v1"
 T = TypeVar("T")
@@ -265,6 +265,48 @@ def machine_busy_seconds() -> float:
         fields = [int(x) for x in stat.readline().split()[1:]]
     user, nice, system, _idle, _iowait, irq, softirq, steal = fields[:8]
     return (user + nice + system + irq + softirq + steal) / CLOCK_TICKS
+
+
+def children_cpu_seconds() -> float:
+    """CPU seconds of every waited-for child process of this one (the load clients)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+@dataclass
+class WrkRun:
+    """What one wrk run reported (its Lua script prints a `BENCH_JSON {...}` line)."""
+
+    report: dict
+    cpu_seconds: float  # wrk's own CPU
+    failed: int  # responses >= 400, socket errors and timeouts
+    notes: list[str]
+
+
+def run_wrk_process(
+    argv: list[str], seconds: float, children: Children, cpus: set[int] | None
+) -> WrkRun:
+    """Run wrk (argv, its script printing BENCH_JSON) pinned to cpus; RuntimeError if it fails."""
+    cpu_before = children_cpu_seconds()
+    process = children.popen(argv, cpus=cpus, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        out, err = process.communicate(timeout=seconds + 60)
+    finally:
+        children.stop(process)
+    cpu = children_cpu_seconds() - cpu_before
+    line = next((x for x in out.decode().splitlines() if x.startswith("BENCH_JSON ")), None)
+    if process.returncode != 0 or line is None:
+        raise RuntimeError(f"wrk failed ({process.returncode}):\n{out.decode()}\n{err.decode()}")
+    data = json.loads(line.removeprefix("BENCH_JSON "))
+    socket_errors = data["connect_errors"] + data["read_errors"] + data["write_errors"]
+    failed = data["status_errors"] + socket_errors + data["timeouts"]
+    notes = []
+    if failed:
+        notes.append(
+            f"wrk: {data['status_errors']} responses >= 400, {socket_errors} socket errors,"
+            f" {data['timeouts']} timeouts"
+        )
+    return WrkRun(data, cpu, failed, notes)
 
 
 def rss_kib(pid: int, key: str = "VmRSS") -> int:
@@ -918,6 +960,54 @@ def in_workdir(prefix: str, keep: bool, job: Callable[[Path, Children], T]) -> T
             print(f"kept {workdir}", file=sys.stderr)
         else:
             shutil.rmtree(workdir, ignore_errors=True)
+
+
+def run_bench(prefix: str, keep: bool, make: Callable[[Path, Children], Any]) -> tuple | None:
+    """make(workdir, children) a benchmark and return (it, its rows), in in_workdir."""
+
+    def job(workdir: Path, children: Children) -> tuple:
+        bench = make(workdir, children)
+        return bench, bench.run()
+
+    return in_workdir(prefix, keep, job)
+
+
+class KeepAliveClient:
+    """One keep-alive HTTP/1.1 connection to the loopback server (trio), for load clients:
+    reopened after a socket error and when the server says `Connection: close`."""
+
+    def __init__(self, port: int):
+        self.port = port
+        self.stream = None
+        self.buffer = bytearray()
+
+    async def reopen(self) -> None:
+        import trio
+
+        if self.stream is not None:
+            await self.stream.aclose()
+        self.stream = await trio.open_tcp_stream("127.0.0.1", self.port)
+        self.buffer.clear()
+
+    async def exchange(self, request: bytes) -> int | None:
+        """Send a request, read its answer: the status, or None after a socket error."""
+        import trio
+
+        if self.stream is None:
+            await self.reopen()
+        try:
+            await self.stream.send_all(request)
+            status, header = await read_http_response(self.stream, self.buffer)
+        except (OSError, trio.BrokenResourceError, ValueError):
+            await self.reopen()
+            return None
+        if b"connection: close" in header:  # Hypercorn's keep_alive_max_requests
+            await self.reopen()
+        return status
+
+    async def aclose(self) -> None:
+        if self.stream is not None:
+            await self.stream.aclose()
 
 
 def position_message(token: str, index: int, seq: int, ts: int) -> bytes:
@@ -1670,6 +1760,13 @@ def versions() -> str:
     )
 
 
+def wrk_version() -> str:
+    """wrk's version line (e.g. `wrk debian/4.1.0-3+b2 [epoll]`)."""
+    out = subprocess.run([shutil.which("wrk") or "wrk", "-v"], capture_output=True, text=True)
+    text = (out.stdout or out.stderr).strip()
+    return text.splitlines()[0].split(" Copyright")[0] if text else "wrk"
+
+
 def machine_line(server_cpus, client_cpus) -> str:
     pinning = (
         f"server on CPU {sorted(server_cpus)}, clients on CPU {sorted(client_cpus)}"
@@ -1753,11 +1850,11 @@ def main(argv: list[str] | None = None) -> int:
     nofile = raise_nofile_limit()
     started = time.time()
 
-    def job(workdir: Path, children: Children) -> tuple[FanoutBench, list]:
-        bench = FanoutBench(args, workdir, children)
-        return bench, bench.run()
-
-    outcome = in_workdir("tracker-bench-fanout-", args.keep, job)
+    outcome = run_bench(
+        "tracker-bench-fanout-",
+        args.keep,
+        lambda workdir, children: FanoutBench(args, workdir, children),
+    )
     if outcome is None:
         return 130
     bench, rows = outcome

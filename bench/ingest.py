@@ -32,8 +32,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import resource
 import shutil
 import signal
 import sqlite3
@@ -49,20 +47,25 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from fanout import (  # noqa: E402
     Children,
     Device,
+    KeepAliveClient,
     TrackerServer,
     _raise_on_sigterm,
+    children_cpu_seconds,
     fmt,
     free_port,
-    in_workdir,
     machine_busy_seconds,
+    machine_line,
     process_cpu_seconds,
     raw_http_app,
-    read_http_response,
     revision,
+    run_bench,
+    run_wrk_process,
     serve_raw_app,
     step,
     thread_cpu_seconds,
+    versions,
     wait_http_ok,
+    wrk_version,
 )
 
 API_PREFIX = "/api/v1"
@@ -91,11 +94,6 @@ def thread_split(
         f"event-loop thread {loop / elapsed * 100:.0f}%,"
         f" worker threads (SQLite) {workers / elapsed * 100:.0f}% of one core"
     )
-
-
-def children_cpu_seconds() -> float:
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
 
 
 # -- the tracker server and its devices --------------------------------------
@@ -293,32 +291,15 @@ def run_wrk(
         str(script),
         f"http://127.0.0.1:{port}/",
     ]
-    cpu_before = children_cpu_seconds()
-    process = children.popen(argv, cpus=cpus, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    try:
-        out, err = process.communicate(timeout=seconds + 60)
-    finally:
-        children.stop(process)
-    cpu = children_cpu_seconds() - cpu_before
-    line = next((x for x in out.decode().splitlines() if x.startswith("BENCH_JSON ")), None)
-    if process.returncode != 0 or line is None:
-        raise RuntimeError(f"wrk failed ({process.returncode}):\n{out.decode()}\n{err.decode()}")
-    data = json.loads(line.removeprefix("BENCH_JSON "))
-    socket_errors = data["connect_errors"] + data["read_errors"] + data["write_errors"]
-    notes = []
-    if socket_errors or data["timeouts"] or data["status_errors"]:
-        notes.append(
-            f"wrk: {data['status_errors']} responses >= 400, {socket_errors} socket errors,"
-            f" {data['timeouts']} timeouts"
-        )
+    run = run_wrk_process(argv, seconds, children, cpus)
     return ClientResult(
-        requests=data["requests"],
-        failed=data["status_errors"] + socket_errors + data["timeouts"],
-        elapsed=data["duration_us"] / 1e6,
-        p50_ms=data["p50_us"] / 1000,
-        p99_ms=data["p99_us"] / 1000,
-        cpu_seconds=cpu,
-        notes=notes,
+        requests=run.report["requests"],
+        failed=run.failed,
+        elapsed=run.report["duration_us"] / 1e6,
+        p50_ms=run.report["p50_us"] / 1000,
+        p99_ms=run.report["p99_us"] / 1000,
+        cpu_seconds=run.cpu_seconds,
+        notes=run.notes,
     )
 
 
@@ -348,8 +329,8 @@ def _python_client_process(port, jobs, batch, start_at, seconds, results, cpus) 
             f"Content-Type: application/json\r\nX-Ingest-Key: {key}\r\n"
             "Content-Length: %d\r\n\r\n"
         ).encode()
-        stream = await trio.open_tcp_stream("127.0.0.1", port)
-        buffer = bytearray()
+        client = KeepAliveClient(port)
+        await client.reopen()
         counter = 0
         await trio.sleep_until(trio.current_time() + max(0.0, start_at - time.time()))
         end = start_at + seconds
@@ -362,22 +343,13 @@ def _python_client_process(port, jobs, batch, start_at, seconds, results, cpus) 
                 counter += batch
                 body = b'{"positions":[' + b",".join(fixes) + b"]}"
             sent = time.perf_counter()
-            try:
-                await stream.send_all(head % len(body) + body)
-                status, header = await read_http_response(stream, buffer)
-            except (OSError, trio.BrokenResourceError, ValueError):
+            status = await client.exchange(head % len(body) + body)
+            if status is None:
                 counts["failed"] += 1
-                await stream.aclose()
-                stream = await trio.open_tcp_stream("127.0.0.1", port)
-                buffer.clear()
                 continue
             latencies.append(time.perf_counter() - sent)
             counts["ok" if 200 <= status < 300 else "failed"] += 1
-            if b"connection: close" in header:  # Hypercorn's keep_alive_max_requests
-                await stream.aclose()
-                stream = await trio.open_tcp_stream("127.0.0.1", port)
-                buffer.clear()
-        await stream.aclose()
+        await client.aclose()
 
     async def main() -> None:
         async with trio.open_nursery() as nursery:
@@ -733,23 +705,6 @@ def table(rows: list[Row]) -> str:
     return "\n".join(lines)
 
 
-def versions(args: argparse.Namespace) -> str:
-    from importlib.metadata import version
-
-    parts = [
-        f"Python {platform.python_version()}",
-        f"Hypercorn {version('hypercorn')}",
-        f"Quart-Trio {version('quart-trio')}",
-        f"trio {version('trio')}",
-        f"SQLite {sqlite3.sqlite_version}",
-    ]
-    if args.client == "wrk":
-        out = subprocess.run([shutil.which("wrk") or "wrk", "-v"], capture_output=True, text=True)
-        first = (out.stdout or out.stderr).splitlines()[0] if (out.stdout or out.stderr) else "wrk"
-        parts.append(first.split(" Copyright")[0])
-    return ", ".join(parts)
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description="Ingest benchmark: committed positions/s vs raw ASGI and SQLite references.",
@@ -812,23 +767,17 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _raise_on_sigterm)
     started = time.time()
 
-    def job(workdir: Path, children: Children) -> tuple[Bench, list]:
-        bench = Bench(args, workdir, children)
-        return bench, bench.run()
-
-    outcome = in_workdir("tracker-bench-", args.keep, job)
+    outcome = run_bench(
+        "tracker-bench-", args.keep, lambda workdir, children: Bench(args, workdir, children)
+    )
     if outcome is None:
         return 130
     bench, rows = outcome
 
-    pinning = (
-        f"server on CPU {sorted(bench.server_cpus)}, clients on CPU {sorted(bench.client_cpus)}"
-        if bench.server_cpus
-        else "no CPU pinning (one core available)"
-    )
+    stack = versions() + (f", {wrk_version()}" if args.client == "wrk" else "")
     print(f"tracker ingest benchmark, {time.strftime('%Y-%m-%d %H:%M', time.localtime(started))}")
-    print(f"machine: os.cpu_count()={os.cpu_count()}, {platform.machine()}, {pinning}")
-    print(f"stack: {versions(args)}")
+    print(machine_line(bench.server_cpus, bench.client_cpus))
+    print(f"stack: {stack}")
     print(f"tree: {revision()}")
     print(
         f"parameters: --seconds {args.seconds:g} --concurrency {args.concurrency} --warmup"

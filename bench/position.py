@@ -44,21 +44,22 @@ from fanout import (  # noqa: E402
     ROOT,
     Children,
     Collector,
+    KeepAliveClient,
     TrackerServer,
     _raise_on_sigterm,
     finish_profiler,
     fmt,
     free_port,
     http_json,
-    in_workdir,
     machine_busy_seconds,
     machine_line,
     process_cpu_seconds,
     raise_nofile_limit,
     raw_http_app,
-    read_http_response,
     render_table,
     revision,
+    run_bench,
+    run_wrk_process,
     serve_raw_app,
     split_cpus,
     start_profiler,
@@ -66,8 +67,8 @@ from fanout import (  # noqa: E402
     tail,
     versions,
     wait_http_ok,
+    wrk_version,
 )
-from ingest import children_cpu_seconds  # noqa: E402
 
 THIS_FILE = Path(__file__).resolve()
 RAW_BODY_PATH = "/raw"
@@ -120,34 +121,16 @@ def run_wrk(
     for name, value in headers.items():
         argv += ["-H", f"{name}: {value}"]
     argv.append(url)
-    cpu_before = children_cpu_seconds()
-    process = children.popen(argv, cpus=cpus, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    try:
-        out, err = process.communicate(timeout=seconds + 60)
-    finally:
-        children.stop(process)
-    cpu = children_cpu_seconds() - cpu_before
-    line = next((x for x in out.decode().splitlines() if x.startswith("BENCH_JSON ")), None)
-    if process.returncode != 0 or line is None:
-        raise RuntimeError(f"wrk failed ({process.returncode}):\n{out.decode()}\n{err.decode()}")
-    data = json.loads(line.removeprefix("BENCH_JSON "))
-    socket_errors = data["connect_errors"] + data["read_errors"] + data["write_errors"]
-    failed = data["status_errors"] + socket_errors + data["timeouts"]
-    notes = []
-    if failed:
-        notes.append(
-            f"wrk: {data['status_errors']} responses >= 400, {socket_errors} socket errors,"
-            f" {data['timeouts']} timeouts"
-        )
+    run = run_wrk_process(argv, seconds, children, cpus)
     return ClientResult(
-        requests=data["requests"],
-        failed=failed,
-        elapsed=data["duration_us"] / 1e6,
-        p50_ms=data["p50_us"] / 1000,
-        p99_ms=data["p99_us"] / 1000,
-        max_ms=data["max_us"] / 1000,
-        cpu_seconds=cpu,
-        notes=notes,
+        requests=run.report["requests"],
+        failed=run.failed,
+        elapsed=run.report["duration_us"] / 1e6,
+        p50_ms=run.report["p50_us"] / 1000,
+        p99_ms=run.report["p99_us"] / 1000,
+        max_ms=run.report["max_us"] / 1000,
+        cpu_seconds=run.cpu_seconds,
+        notes=run.notes,
     )
 
 
@@ -166,28 +149,19 @@ def _python_client_process(port, path, headers, connections, start_at, seconds, 
     counts = {"ok": 0, "failed": 0}
 
     async def connection() -> None:
-        stream = await trio.open_tcp_stream("127.0.0.1", port)
-        buffer = bytearray()
+        client = KeepAliveClient(port)
+        await client.reopen()
         await trio.sleep(max(0.0, start_at - time.time()))
         end = start_at + seconds
         while time.time() < end:
             sent = time.perf_counter()
-            try:
-                await stream.send_all(request)
-                status, header = await read_http_response(stream, buffer)
-            except (OSError, trio.BrokenResourceError, ValueError):
+            status = await client.exchange(request)
+            if status is None:
                 counts["failed"] += 1
-                await stream.aclose()
-                stream = await trio.open_tcp_stream("127.0.0.1", port)
-                buffer.clear()
                 continue
             latencies.append(time.perf_counter() - sent)
             counts["ok" if status == 200 else "failed"] += 1
-            if b"connection: close" in header:  # Hypercorn's keep_alive_max_requests
-                await stream.aclose()
-                stream = await trio.open_tcp_stream("127.0.0.1", port)
-                buffer.clear()
-        await stream.aclose()
+        await client.aclose()
 
     async def main() -> None:
         async with trio.open_nursery() as nursery:
@@ -481,11 +455,11 @@ def main(argv: list[str] | None = None) -> int:
     multiprocessing.set_start_method("fork", force=True)
     started = time.time()
 
-    def job(workdir: Path, children: Children) -> tuple[Bench, list]:
-        bench = Bench(args, workdir, children)
-        return bench, bench.run()
-
-    outcome = in_workdir("tracker-bench-position-", args.keep, job)
+    outcome = run_bench(
+        "tracker-bench-position-",
+        args.keep,
+        lambda workdir, children: Bench(args, workdir, children),
+    )
     if outcome is None:
         return 130
     bench, rows = outcome
@@ -493,11 +467,7 @@ def main(argv: list[str] | None = None) -> int:
     when = time.strftime("%Y-%m-%d %H:%M", time.localtime(started))
     print(f"tracker GET /position benchmark, {when}")
     print(machine_line(bench.server_cpus, bench.client_cpus))
-    stack = versions()
-    if args.client == "wrk":
-        out = subprocess.run([shutil.which("wrk") or "wrk", "-v"], capture_output=True, text=True)
-        text = (out.stdout or out.stderr).strip()
-        stack += ", " + (text.splitlines()[0].split(" Copyright")[0] if text else "wrk")
+    stack = versions() + (f", {wrk_version()}" if args.client == "wrk" else "")
     print(f"stack: {stack}")
     print(f"tree: {revision()}")
     print(
