@@ -25,10 +25,12 @@ async def receive(ws, timeout: float = 5) -> dict:
         return json.loads(await ws.get_message())
 
 
+async def send_authenticate(ws, **fields) -> None:
+    await ws.send_message(json.dumps({"type": "authenticate", **fields}))
+
+
 async def authenticate(ws, token: str, instance_id: str, **settings) -> dict:
-    await ws.send_message(
-        json.dumps({"type": "authenticate", "jwt": token, "instance_id": instance_id, **settings})
-    )
+    await send_authenticate(ws, jwt=token, instance_id=instance_id, **settings)
     welcome = await receive(ws)
     assert welcome["type"] == "welcome", welcome
     return welcome
@@ -111,14 +113,8 @@ async def test_imperial_units_and_human_time(server, tracker, fleet):
 
 async def test_access_token_is_accepted_in_place_of_jwt(server, fleet):
     async with open_websocket_url(f"{server.ws}/ws/realtime") as ws:
-        await ws.send_message(
-            json.dumps(
-                {
-                    "type": "authenticate",
-                    "access_token": fleet.a.read_token,
-                    "instance_id": fleet.a.instance_id,
-                }
-            )
+        await send_authenticate(
+            ws, access_token=fleet.a.read_token, instance_id=fleet.a.instance_id
         )
         assert (await receive(ws))["type"] == "welcome"
 
@@ -158,11 +154,7 @@ async def test_a_renamed_driver_shows_on_the_next_message(server, tracker, fleet
 async def test_bad_jwt_closes_4001(server, tracker, fleet):
     await tracker.writer.submit(fleet.a.device_token, [fix(1.0)])
     async with open_websocket_url(f"{server.ws}/ws/realtime") as ws:
-        await ws.send_message(
-            json.dumps(
-                {"type": "authenticate", "jwt": "garbage", "instance_id": fleet.a.instance_id}
-            )
-        )
+        await send_authenticate(ws, jwt="garbage", instance_id=fleet.a.instance_id)
         sent = await expect_close(ws, 4001)
         assert [m["type"] for m in sent] == ["error"]
 
@@ -170,30 +162,14 @@ async def test_bad_jwt_closes_4001(server, tracker, fleet):
 async def test_foreign_instance_closes_4003(server, tracker, fleet):
     await tracker.writer.submit(fleet.b.device_token, [fix(1.0)])
     async with open_websocket_url(f"{server.ws}/ws/realtime") as ws:
-        await ws.send_message(
-            json.dumps(
-                {
-                    "type": "authenticate",
-                    "jwt": fleet.a.admin_token,
-                    "instance_id": fleet.b.instance_id,
-                }
-            )
-        )
+        await send_authenticate(ws, jwt=fleet.a.admin_token, instance_id=fleet.b.instance_id)
         sent = await expect_close(ws, 4003)
         assert all(m["type"] != "position" for m in sent)
 
 
 async def test_ingest_token_cannot_watch(server, fleet):
     async with open_websocket_url(f"{server.ws}/ws/realtime") as ws:
-        await ws.send_message(
-            json.dumps(
-                {
-                    "type": "authenticate",
-                    "jwt": fleet.a.ingest_token,
-                    "instance_id": fleet.a.instance_id,
-                }
-            )
-        )
+        await send_authenticate(ws, jwt=fleet.a.ingest_token, instance_id=fleet.a.instance_id)
         await expect_close(ws, 4003)
 
 
@@ -204,15 +180,8 @@ async def test_a_bad_authenticate_field_gets_an_error_then_close(
     server, fleet, field, value, named
 ):
     async with open_websocket_url(f"{server.ws}/ws/realtime") as ws:
-        await ws.send_message(
-            json.dumps(
-                {
-                    "type": "authenticate",
-                    "jwt": fleet.a.read_token,
-                    "instance_id": fleet.a.instance_id,
-                    field: value,
-                }
-            )
+        await send_authenticate(
+            ws, jwt=fleet.a.read_token, instance_id=fleet.a.instance_id, **{field: value}
         )
         [error] = await expect_close(ws, 4002)
         assert named in error["message"]
@@ -228,7 +197,7 @@ async def test_no_authenticate_in_time_closes_4008(nursery, settings, fleet, app
 
 async def test_oversized_message_closes_1009(server, fleet):
     async with open_websocket_url(f"{server.ws}/ws/realtime") as ws:
-        await ws.send_message(json.dumps({"type": "authenticate", "jwt": "x" * 5000}))
+        await send_authenticate(ws, jwt="x" * 5000)
         await expect_close(ws, 1009)
 
 
