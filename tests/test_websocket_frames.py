@@ -31,9 +31,9 @@ async def test_without_hypercorn_frames_go_out_as_plain_asgi_messages():
 
     connection = Connection({"type": "websocket", "headers": []}, receive, send)
     await connection.send_frames([Frame.text('{"a":1}'), Frame.text("é" * 200)])
-    await connection.send_text("last")
+    await connection.send_json({"last": True})
     assert sent == [
         {"type": "websocket.send", "text": '{"a":1}'},
         {"type": "websocket.send", "text": "é" * 200},
-        {"type": "websocket.send", "text": "last"},
+        {"type": "websocket.send", "text": '{"last":true}'},
     ]

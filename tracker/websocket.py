@@ -212,8 +212,8 @@ class Connection:
                     text = (message.get("bytes") or b"").decode("utf-8", "replace")
                 return text
 
-    async def send_text(self, text: str) -> None:
-        await self.send_frame(Frame.text(text))
+    async def send_json(self, message: dict[str, Any]) -> None:
+        await self.send_frame(Frame.text(jsoncodec.dumps(message)))
 
     async def send_frame(self, frame: Frame) -> None:
         """Send a framed message; Disconnected when the client has gone."""

@@ -224,10 +224,8 @@ async def realtime_stream(tracker: Tracker, connection: Connection) -> None:
             tracker, await _first_message(tracker, connection)
         )  # (the message, token and all, is not kept for the connection's life)
     except StreamRefused as refused:
-        await connection.send_text(
-            jsoncodec.dumps(
-                {"type": "error", "code": refused.code, "message": refused.reason}
-            ).decode()
+        await connection.send_json(
+            {"type": "error", "code": refused.code, "message": refused.reason}
         )
         await connection.close(refused.code, refused.reason)
         return

@@ -187,7 +187,7 @@ async def share_stream(tracker: Tracker, connection: Connection, share_token: st
 
 
 async def _say_and_close(connection: Connection, message: dict, code: int) -> None:
-    await connection.send_text(jsoncodec.dumps(message).decode())
+    await connection.send_json(message)
     await connection.close(code)
 
 
@@ -267,9 +267,7 @@ class ShareViewer:
 
     async def _finish(self, reason: str) -> None:
         await self._send_pending()
-        await self.connection.send_text(
-            jsoncodec.dumps({"type": "session_ended", "reason": reason}).decode()
-        )
+        await self.connection.send_json({"type": "session_ended", "reason": reason})
         await self.connection.close(NORMAL, reason)
 
     async def run(self) -> None:
