@@ -79,7 +79,12 @@ def _optional(value: Any, field: str, low: float, high: float, **kw: Any) -> flo
 
 
 def parse_timestamp(value: Any, field: str = "timestamp") -> float:
-    """Unix seconds from a number (>= 1e11 means milliseconds) or an ISO 8601 string."""
+    """Unix seconds from a number (>= 1e11 means milliseconds) or an ISO 8601 string.
+
+    The one timestamp rule: every wire format hands the time as it was sent to
+    `Position.build`, which applies it exactly once (applied to its own result,
+    the milliseconds rule would turn a far-future ISO date into 1978).
+    """
     if isinstance(value, str):
         text = value.strip()
         try:
@@ -151,7 +156,10 @@ class Position:
             raise InvalidField("longitude", "is required")
         ts = now if timestamp is None else parse_timestamp(timestamp)
         if ts > now + MAX_FUTURE_SECONDS:
-            raise InvalidField("timestamp", "is more than 24 h in the future")
+            raise InvalidField(
+                "timestamp",
+                "is more than 24 h in the future (expected unix seconds, milliseconds or ISO 8601)",
+            )
         if ts < EARLIEST_TIMESTAMP:
             raise InvalidField("timestamp", "is before 1970")
         if heading is not None and not isinstance(heading, bool) and heading == 360:

@@ -47,7 +47,6 @@ from tracker.models import (
     Position,
     clean_attributes,
     clean_text,
-    parse_timestamp,
 )
 
 METRES_PER_SECOND_PER_KNOT = 1852 / 3600
@@ -278,7 +277,7 @@ def _read_form(params: Mapping[str, Any], prefix: str, known: Collection[str] = 
             reading.set("longitude", spelled, longitude)
     if "timestamp" not in known and present("timestamp"):
         spelled = prefix + "timestamp"
-        reading.set("timestamp", spelled, _timestamp(params["timestamp"], spelled))
+        reading.set("timestamp", spelled, _timestamp(params["timestamp"]))
     if "speed" not in known and present("speed"):
         knots = minus_one_as_unknown(lenient_number(params["speed"], prefix + "speed"))
         speed = None if knots is None else knots * METRES_PER_SECOND_PER_KNOT
@@ -311,7 +310,7 @@ def _read_location(location: Mapping[str, Any], prefix: str) -> _Reading:
     reading = _Reading()
     if location.get("timestamp") is not None:
         spelled = prefix + "timestamp"
-        reading.set("timestamp", spelled, _timestamp(location["timestamp"], spelled))
+        reading.set("timestamp", spelled, _timestamp(location["timestamp"]))
     coords = location.get("coords")
     if coords is not None:
         if not isinstance(coords, dict):
@@ -373,12 +372,12 @@ def _lat_lon(value: object, spelled: str) -> tuple[float | None, float | None]:
     return lenient_number(parts[0], spelled), lenient_number(parts[1], spelled)
 
 
-def _timestamp(value: object, spelled: str) -> float:
-    """Unix seconds (ms from 1e11), ISO 8601, or `yyyy-MM-dd HH:mm:ss` in UTC; numbers or strings."""
+def _timestamp(value: object) -> object:
+    """The time as sent, with an ISO offset's `+` restored (Position.build reads it once)."""
     if isinstance(value, str):
         # An ISO offset sent unencoded in a query string ("+01:00") arrives as " 01:00".
-        value = _DECODED_PLUS_OFFSET.sub(r"\1+\2", value.strip())
-    return parse_timestamp(value, spelled)
+        return _DECODED_PLUS_OFFSET.sub(r"\1+\2", value.strip())
+    return value
 
 
 def _flag(value: object) -> object:

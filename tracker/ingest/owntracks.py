@@ -24,7 +24,7 @@ from typing import Any
 
 from tracker.ingest.native import IngestError, refused_at
 from tracker.ingest.osmand import extra_attributes, lenient_number, minus_one_as_unknown
-from tracker.models import InvalidField, Position, clean_text, parse_timestamp
+from tracker.models import InvalidField, Position, clean_text
 
 KMH_PER_METRE_PER_SECOND = 3.6
 
@@ -79,7 +79,7 @@ def _location(message: dict[str, Any], now: float | None) -> Position:
     values = {
         "latitude": number("lat"),
         "longitude": number("lon"),
-        "timestamp": None if tst in _ABSENT else parse_timestamp(tst, "tst"),
+        "timestamp": None if tst in _ABSENT else tst,
         "speed": None if km_per_hour is None else km_per_hour / KMH_PER_METRE_PER_SECOND,
         "heading": minus_one_as_unknown(number("cog")),
         "accuracy": minus_one_as_unknown(number("acc")),
