@@ -149,8 +149,9 @@ def create_app(settings: Settings, db: Database | None = None) -> Quart:
         app.register_blueprint(blueprint, url_prefix=prefix)
     app.register_blueprint(ingest.apps_blueprint)
     app.register_blueprint(share_page.blueprint)  # the recipient's page: no API prefix
+    tracker.websockets = WebSocketRouter(app.asgi_app, websocket_routes(tracker))
     app.asgi_app = PerAddressLimit(
-        WebSocketRouter(app.asgi_app, websocket_routes(tracker)),
+        tracker.websockets,
         settings.server.max_connections_per_address,
     )
 

@@ -17,7 +17,7 @@ from tracker.config import Settings
 from tracker.hub import Hub
 from tracker.ratelimit import RateLimiter
 from tracker.store import Database
-from tracker.websocket import Keepalive
+from tracker.websocket import Keepalive, WebSocketRouter
 from tracker.writer import Writer
 
 
@@ -30,6 +30,7 @@ class Tracker:
     writer: Writer
     share_limiter: RateLimiter
     keepalive: Keepalive = field(default_factory=Keepalive)
+    websockets: WebSocketRouter | None = None  # set by the app factory
     started_at: float = field(default_factory=time.monotonic)
     background: trio.CancelScope | None = None
     background_done: trio.Event = field(default_factory=trio.Event)

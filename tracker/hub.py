@@ -239,12 +239,6 @@ class Hub:
     def subscriber_count(self, topic: str) -> int:
         return len(self._topics.get(topic, ()))
 
-    def close_all(self) -> None:
-        """Close every mailbox (at shutdown), so each connection ends cleanly."""
-        for subscribers in self._topics.values():
-            for subscription in subscribers:
-                subscription.mailbox.close()
-
     def publish_fix(self, fix: LiveFix) -> None:
         self.publish(instance_topic(fix.instance_id), fix.device_token, fix)
         self.publish(device_topic(fix.device_token), fix.device_token, fix)

@@ -36,6 +36,7 @@ log = logging.getLogger("tracker")
 LISTEN_BACKLOG = 2048
 WEBSOCKET_MAX_MESSAGE_BYTES = 4096
 GRACEFUL_TIMEOUT_SECONDS = 5
+SHUTDOWN_CLOSE_SECONDS = 1.0  # for telling WebSocket clients the server is going away
 GC_THRESHOLDS = (50_000, 20, 100)  # gc.set_threshold: see the module doc
 
 
@@ -78,8 +79,8 @@ async def serve(
         await trigger()
         # Hypercorn cancels open connections before the app's shutdown hooks run,
         # so WebSocket clients are told here, while their connections still live.
-        app.extensions["tracker"].hub.close_all()
-        await trio.sleep(0.2)
+        with trio.move_on_after(SHUTDOWN_CLOSE_SECONDS):
+            await app.extensions["tracker"].websockets.close_all()
 
     await hypercorn_serve(
         app,

@@ -457,6 +457,8 @@ async def run_connection(
             await sender()
         except Disconnected:
             pass
+        except MailboxClosed:  # the server is shutting down
+            await connection.close(GOING_AWAY, "server shutting down")
         finally:
             connection.end()
 
@@ -477,23 +479,47 @@ def json_message(text: str) -> dict[str, Any] | None:
 
 
 class WebSocketRouter:
-    """ASGI middleware: WebSocket paths we serve ourselves, the rest to Quart."""
+    """ASGI middleware: WebSocket paths we serve ourselves, the rest to Quart.
+
+    It knows every open connection of its endpoints, so that a stopping
+    server can tell each client it is going away (`close_all`), whatever the
+    connection was doing: streaming, or still waiting to authenticate.
+    """
 
     def __init__(self, inner: Callable, routes: list[tuple[str, Handler]]):
         self.inner = inner
         self.routes = [(re.compile(pattern), handler) for pattern, handler in routes]
+        self.open: dict[Connection, trio.CancelScope] = {}
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
         if scope["type"] == "websocket":
             for pattern, handler in self.routes:
                 match = pattern.fullmatch(scope["path"])
                 if match:
-                    connection = Connection(scope, receive, send)
-                    try:
-                        await handler(connection, match.groupdict())
-                    except Disconnected:
-                        return
-                    # Returning with the socket open would make Hypercorn close it as 1011.
-                    await connection.close(NORMAL)
+                    await self._serve(handler, Connection(scope, receive, send), match.groupdict())
                     return
         await self.inner(scope, receive, send)
+
+    async def _serve(self, handler: Handler, connection: Connection, params: dict) -> None:
+        with trio.CancelScope() as scope:
+            self.open[connection] = scope
+            try:
+                await handler(connection, params)
+            except Disconnected:
+                return
+            finally:
+                del self.open[connection]
+        # Returning with the socket open would make Hypercorn close it as 1011.
+        await connection.close(NORMAL)
+
+    async def close_all(self) -> None:
+        """Close every open connection with 1001 (server going away), all at once."""
+
+        async def going_away(connection: Connection, scope: trio.CancelScope) -> None:
+            connection.mailbox.close()  # a sender busy writing stops at its next take()
+            await connection.close(GOING_AWAY, "server shutting down")
+            scope.cancel()
+
+        async with trio.open_nursery() as nursery:
+            for connection, scope in list(self.open.items()):
+                nursery.start_soon(going_away, connection, scope)
