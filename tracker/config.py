@@ -33,6 +33,7 @@ class ServerSettings(_Section):
     public_url: str = "http://127.0.0.1:8080"
     api_prefix: str = "/api/v1"
     max_connections_per_address: int = Field(256, ge=0)
+    header_timeout_seconds: float = Field(10, gt=0, le=3600)
 
     @field_validator("api_prefix")
     @classmethod

@@ -2,9 +2,12 @@
 
 Hypercorn's defaults do not suit a server with thousands of sockets facing
 phones: the listen backlog is raised (200 simultaneous connects otherwise
-wait seconds on SYN retries), every read gets a deadline a little above
-twice the WebSocket ping interval (live clients answer pings, so they are
-never cut; stalled ones are), and WebSocket messages are capped at 4 KiB.
+wait seconds on SYN retries), a request's head must be complete within
+`server.header_timeout_seconds` of the connection opening or of the
+previous response (a client trickling its headers is cut too), every read
+gets a deadline a little above twice the WebSocket ping interval (live
+clients answer pings, so they are never cut; stalled ones are), and
+WebSocket messages are capped at 4 KiB.
 SIGINT and SIGTERM stop the server cleanly: the shutdown trigger returns,
 Hypercorn closes connections, then the app's lifespan (and its nursery of
 background tasks) ends.
@@ -47,6 +50,10 @@ def hypercorn_config(settings: Settings) -> HypercornConfig:
         config.bind.append(f"{settings.server.host}:{settings.ingest.osmand_port}")
     config.backlog = LISTEN_BACKLOG
     config.read_timeout = math.ceil(2 * settings.realtime.ping_interval_seconds + 5)
+    # Hypercorn's keep-alive timer runs from a connection's start (and from each
+    # response) until a request's head is complete, however slowly it trickles:
+    # it is the deadline for a request's head, and the idle keep-alive time.
+    config.keep_alive_timeout = settings.server.header_timeout_seconds
     config.websocket_max_message_size = WEBSOCKET_MAX_MESSAGE_BYTES
     config.graceful_timeout = GRACEFUL_TIMEOUT_SECONDS
     config.accesslog = None  # share tokens are in paths; they never go to a log

@@ -57,6 +57,7 @@ from hypercorn.protocol.ws_stream import ASGIWebsocketState, WSStream
 from hypercorn.trio.tcp_server import TCPServer
 
 from tracker import jsoncodec
+from tracker.clientgone import CLIENT_GONE_ERRORS
 from tracker.hub import Mailbox, MailboxClosed, SlowConsumer
 
 log = logging.getLogger("tracker.websocket")
@@ -190,13 +191,13 @@ class Connection:
         message = await self._receive()
         if message["type"] != "websocket.connect":
             raise Disconnected()
-        await self._send({"type": "websocket.accept"})
+        await self._asgi_send({"type": "websocket.accept"})
 
     async def reject(self) -> None:
         """Refuse the handshake: Hypercorn answers HTTP 403."""
         message = await self._receive()
         if message["type"] == "websocket.connect":
-            await self._send({"type": "websocket.close", "code": 1008})
+            await self._asgi_send({"type": "websocket.close", "code": 1008})
         self.closed = True
 
     async def receive_text(self) -> str:
@@ -212,6 +213,13 @@ class Connection:
                     text = (message.get("bytes") or b"").decode("utf-8", "replace")
                 return text
 
+    async def _asgi_send(self, message: dict[str, Any]) -> None:
+        """An ASGI send; Disconnected when the socket was closed under it (tracker/clientgone.py)."""
+        try:
+            await self._send(message)
+        except CLIENT_GONE_ERRORS:
+            raise Disconnected() from None
+
     async def send_json(self, message: dict[str, Any]) -> None:
         await self.send_frame(Frame.text(jsoncodec.dumps(message)))
 
@@ -224,7 +232,7 @@ class Connection:
         stream = self._stream
         if stream is None:
             for frame in frames:
-                await self._send({"type": "websocket.send", "text": frame.payload().decode()})
+                await self._asgi_send({"type": "websocket.send", "text": frame.payload().decode()})
             return
         if stream.closed or stream.state is not ASGIWebsocketState.CONNECTED:
             raise Disconnected()
@@ -237,6 +245,8 @@ class Connection:
         try:
             with trio.CancelScope(shield=partial):  # never cut a frame in half
                 await stream.send(Data(stream_id=stream.stream_id, data=data[written:]))
+        except CLIENT_GONE_ERRORS:  # Hypercorn closed the socket under the write
+            raise Disconnected() from None
         finally:
             self.sending_since = None
 
@@ -303,9 +313,9 @@ class Connection:
         self.closed = True
         protocol = getattr(getattr(self._stream, "send", None), "__self__", None)
         transport_send = getattr(protocol, "send", None)
-        with trio.move_on_after(CLOSE_TIMEOUT_SECONDS):
+        with trio.move_on_after(CLOSE_TIMEOUT_SECONDS), contextlib.suppress(Disconnected):
             if transport_send is None:
-                await self._send({"type": "websocket.close", "code": SLOW_CONSUMER})
+                await self._asgi_send({"type": "websocket.close", "code": SLOW_CONSUMER})
             else:
                 await transport_send(Closed())
 
@@ -313,8 +323,8 @@ class Connection:
         if self.closed:
             return
         self.closed = True
-        with trio.move_on_after(CLOSE_TIMEOUT_SECONDS):
-            await self._send({"type": "websocket.close", "code": code, "reason": reason[:120]})
+        with trio.move_on_after(CLOSE_TIMEOUT_SECONDS), contextlib.suppress(Disconnected):
+            await self._asgi_send({"type": "websocket.close", "code": code, "reason": reason[:120]})
 
     def post(self, key: str, message: dict[str, Any]) -> None:
         """Queue a control message (pong, error) for the sender."""

@@ -1,0 +1,47 @@
+"""ASGI middleware: a response to a client that has already gone is dropped, not logged as a crash.
+
+Hypercorn's trio worker ends a connection whose client closed by shutting
+the socket down for writing, without taking the send lock that guards the
+socket. A response written at that moment (typically the early 413 for a
+client that sent `Expect: 100-continue` with a large body and left after the
+100) fails with `trio.BusyResourceError`, which would reach Hypercorn as
+"Error in ASGI Framework" with a traceback. The client is gone either way,
+so that send and the rest of the response are dropped, as ASGI asks of
+sends to a closed connection.
+WebSocket frames written by tracker/websocket.py past ASGI get the same
+treatment there (`Disconnected`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import trio
+
+# What a send to a socket that is being closed under it raises on Hypercorn's trio worker.
+CLIENT_GONE_ERRORS = (trio.BusyResourceError, trio.BrokenResourceError, trio.ClosedResourceError)
+
+
+class DropSendsToGoneClients:
+    def __init__(self, inner: Callable):
+        self.inner = inner
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        # WebSockets are left alone: their fast path needs Hypercorn's own send
+        # (tracker/websocket.py), which catches the same errors itself.
+        if scope["type"] != "http":
+            await self.inner(scope, receive, send)
+            return
+
+        gone = False
+
+        async def send_unless_gone(message: dict) -> None:
+            nonlocal gone
+            if gone:  # the rest of a response whose start could not be written
+                return
+            try:
+                await send(message)
+            except CLIENT_GONE_ERRORS:
+                gone = True
+
+        await self.inner(scope, receive, send_unless_gone)
