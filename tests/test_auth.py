@@ -9,6 +9,7 @@ import pytest
 import trio
 
 from tests.conftest import bearer
+from tracker.auth import AuthConfigError
 from tracker.errors import Unauthorized
 
 
@@ -182,7 +183,7 @@ async def test_a_remembered_token_still_expires_and_is_not_valid_before_it_was_i
     """Verified tokens are remembered (a dashboard polls with one token); the memory
     never outlives the token, nor makes it valid before its iat."""
     verifier = tracker.verifier
-    leeway = 60
+    leeway = verifier.leeway_seconds
     issued = time.time() - 600 - leeway + 1.5  # expires, leeway included, in 1.5 s
     token = verifier.mint(
         subject="poller", instances=[fleet.a.instance_id], scope="read", ttl_seconds=600, now=issued
@@ -194,3 +195,45 @@ async def test_a_remembered_token_still_expires_and_is_not_valid_before_it_was_i
     await trio.sleep(2)
     with pytest.raises(Unauthorized, match="expired"):
         verifier.verify(token)
+
+
+async def test_a_token_is_refused_once_expired_past_the_configured_leeway(settings, tmp_path):
+    from tracker.app import create_app
+
+    app = create_app(settings.replace(auth={"clock_leeway_seconds": 0.5}))
+    verifier = app.extensions["tracker"].verifier
+    token = verifier.mint(subject="brief", instances="*", scope="read", ttl_seconds=1)
+    assert verifier.verify(token).subject == "brief"
+    await trio.sleep(1.7)  # 1 s of life, 0.5 s of leeway, and a margin for iat's rounding
+    with pytest.raises(Unauthorized, match="expired"):
+        verifier.verify(token)
+
+
+@pytest.mark.parametrize("scope", ["read", "admin"])
+async def test_read_and_admin_tokens_cannot_pretend_to_be_bound_to_one_device(
+    client, tracker, fleet, scope
+):
+    with pytest.raises(AuthConfigError, match="binds only an ingest token"):
+        tracker.verifier.mint(
+            subject="x",
+            instances=[fleet.a.instance_id],
+            scope=scope,
+            ttl_seconds=60,
+            device_token=fleet.a.device_token,
+        )
+    # A token from elsewhere (an identity provider) with such a claim is refused outright.
+    now = int(time.time())
+    claims = {
+        "sub": "idp",
+        "iat": now,
+        "exp": now + 60,
+        "scope": scope,
+        "instances": [fleet.a.instance_id],
+        "device": fleet.a.device_token,
+    }
+    token = jwt.encode(claims, tracker.settings.auth.jwt_secret, algorithm="HS256")
+    response = await client.get(
+        f"/api/v1/devices/{fleet.b.device_token}/position", headers=bearer(token)
+    )
+    assert response.status_code == 401
+    assert "binds only an ingest token" in (await response.get_json())["error"]["message"]

@@ -31,10 +31,12 @@ Scope = Literal["read", "admin", "ingest"]
 SCOPES: tuple[Scope, ...] = ("read", "admin", "ingest")
 ALL_INSTANCES = "*"
 MIN_SECRET_BYTES = 32
-CLOCK_LEEWAY_SECONDS = 60
 VERIFIED_TOKENS_KEPT = 4096  # verified tokens remembered (see TokenVerifier.verify)
 MAX_TOKEN_BYTES = 8192
 GENERATED_SECRET_NAME = "jwt_secret"
+# Read and admin tokens cover whole instances: a device claim there would look
+# like a restriction that no route enforces, so it is refused.
+DEVICE_CLAIM_RULE = "a device binds only an ingest token (read and admin cover whole instances)"
 
 
 class AuthConfigError(Exception):
@@ -94,6 +96,7 @@ class TokenVerifier:
 
     def __init__(self, settings: AuthSettings, secret: str | None):
         self.max_lifetime_seconds = settings.max_token_lifetime_days * 86400
+        self.leeway_seconds = settings.clock_leeway_seconds
         if settings.jwt_public_key_file:
             pem = Path(settings.jwt_public_key_file).read_bytes()
             try:
@@ -133,6 +136,8 @@ class TokenVerifier:
             raise AuthConfigError("public-key mode: tokens come from your identity provider")
         if ttl_seconds > self.max_lifetime_seconds:
             raise AuthConfigError("ttl exceeds auth.max_token_lifetime_days")
+        if device_token and scope != "ingest":
+            raise AuthConfigError(DEVICE_CLAIM_RULE)
         issued = int(time.time() if now is None else now)
         claims: dict[str, object] = {
             "sub": subject,
@@ -165,8 +170,8 @@ class TokenVerifier:
             self._verified.clear()
         self._verified[token] = (
             principal,
-            claims["iat"] - CLOCK_LEEWAY_SECONDS,
-            claims["exp"] + CLOCK_LEEWAY_SECONDS,
+            claims["iat"] - self.leeway_seconds,
+            claims["exp"] + self.leeway_seconds,
         )
         return principal
 
@@ -177,7 +182,7 @@ class TokenVerifier:
                 self._key,
                 algorithms=self.algorithms,
                 options={"require": ["exp", "iat", "sub"], "verify_aud": False},
-                leeway=CLOCK_LEEWAY_SECONDS,
+                leeway=self.leeway_seconds,
             )
         except jwt.ExpiredSignatureError:
             raise Unauthorized("token expired") from None
@@ -190,7 +195,7 @@ class TokenVerifier:
         for name, value in (("exp", exp), ("iat", iat)):
             if isinstance(value, bool) or not isinstance(value, int | float):
                 raise Unauthorized(f"invalid token: claim {name} must be a number")
-        if iat > now + CLOCK_LEEWAY_SECONDS:
+        if iat > now + self.leeway_seconds:
             raise Unauthorized("invalid token: issued in the future")
         if exp - iat > self.max_lifetime_seconds:
             raise Unauthorized("invalid token: lifetime exceeds the allowed maximum")
@@ -213,6 +218,8 @@ class TokenVerifier:
         device = claims.get("device")
         if device is not None and not isinstance(device, str):
             raise Unauthorized("invalid token: claim device must be a string")
+        if device is not None and scope != "ingest":
+            raise Unauthorized(f"invalid token: {DEVICE_CLAIM_RULE}")
         return Principal(subject=sub, instances=instances, scope=scope, device_token=device)
 
 

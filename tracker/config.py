@@ -61,6 +61,7 @@ class AuthSettings(_Section):
     jwt_secret: str = ""
     jwt_public_key_file: str = ""
     max_token_lifetime_days: int = Field(365, ge=1, le=3650)
+    clock_leeway_seconds: float = Field(5, ge=0, le=300)
 
 
 class IngestSettings(_Section):
