@@ -49,6 +49,21 @@ async def test_stalled_and_trickled_headers_are_cut_at_the_header_timeout(nurser
     assert trio.current_time() - started < 5  # the head would have been complete at ~8 s
 
 
+async def test_keep_alive_connection_is_closed_when_idle_after_a_request(nursery, settings, app):
+    settings = settings.replace(server={"header_timeout_seconds": 1})
+    server = await start_server(nursery, app, settings)
+    host, port = server.url.removeprefix("http://").split(":")
+    stream = await trio.open_tcp_stream(host, int(port))
+    await stream.send_all(b"GET /api/v1/health HTTP/1.1\r\nHost: x\r\n\r\n")
+    answer = b""
+    with trio.fail_after(5):
+        while b'"status"' not in answer:
+            answer += await stream.receive_some(4096)
+        # Idle now: the next request's head is due within the header timeout.
+        await stream.send_all(b"GET /api/v1/hea")
+        assert await stream.receive_some(1024) == b""
+
+
 async def test_stalled_bodies_get_408_and_others_are_served(server, app, fleet):
     app.config["BODY_TIMEOUT"] = 1
     host, port = server.url.removeprefix("http://").split(":")

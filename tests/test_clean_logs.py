@@ -3,7 +3,7 @@
 Each case ran many times used to log "Error in ASGI Framework" on a share of
 the attempts: Hypercorn closes a connection whose client left without taking
 its socket's send lock, so a response (or a WebSocket frame) written at that
-moment failed with trio.BusyResourceError (tracker/clientgone.py).
+moment failed with trio.BusyResourceError (tracker/sendguard.py).
 """
 
 from __future__ import annotations

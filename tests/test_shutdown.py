@@ -65,6 +65,10 @@ async def test_stop_tells_every_websocket_client_1001_and_exits_cleanly(process,
         assert share.status_code == 201, share.text
         share_token = share.json()["share_token"]
 
+    # A client that keeps its connection alive after a request must not hold the stop.
+    idle_client = httpx.AsyncClient(base_url=api, timeout=10)
+    assert (await idle_client.get("/health")).status_code == 200
+
     codes: dict[str, int | None] = {}
     received: dict[str, list] = {"streaming": [], "unauthenticated": [], "share": []}
     with trio.fail_after(20):
@@ -92,6 +96,7 @@ async def test_stop_tells_every_websocket_client_1001_and_exits_cleanly(process,
                 status = await trio.to_thread.run_sync(process.process.wait, 15)
                 exit_seconds = time.monotonic() - stopped_at
 
+    await idle_client.aclose()
     assert codes == {"streaming": 1001, "unauthenticated": 1001, "share": 1001}
     assert status == 0
     assert exit_seconds < EXIT_BOUND_SECONDS, f"took {exit_seconds:.1f} s to exit"

@@ -21,7 +21,6 @@ from quart_trio.wrappers import TrioRequest
 from tracker import __version__, jsoncodec
 from tracker.api.schemas import TrackerOpenAPIProvider
 from tracker.auth import GENERATED_SECRET_NAME, TokenVerifier
-from tracker.clientgone import DropSendsToGoneClients
 from tracker.config import Settings
 from tracker.connlimit import PerAddressLimit
 from tracker.context import Tracker
@@ -30,6 +29,7 @@ from tracker.expiry import run_sweeper
 from tracker.hub import Hub
 from tracker.ratelimit import RateLimiter
 from tracker.retention import run_pruner
+from tracker.sendguard import GuardedResponses
 from tracker.store import Database, server_keys
 from tracker.websocket import Connection, Handler, WebSocketRouter
 from tracker.writer import Writer
@@ -151,7 +151,7 @@ def create_app(settings: Settings, db: Database | None = None) -> Quart:
     app.register_blueprint(ingest.apps_blueprint)
     app.register_blueprint(share_page.blueprint)  # the recipient's page: no API prefix
     tracker.websockets = WebSocketRouter(app.asgi_app, websocket_routes(tracker))
-    app.asgi_app = DropSendsToGoneClients(
+    app.asgi_app = GuardedResponses(
         PerAddressLimit(tracker.websockets, settings.server.max_connections_per_address)
     )
 

@@ -10,21 +10,32 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import sqlite3
 import sys
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from functools import partial
+from pathlib import Path
 
 from tracker import __version__
 from tracker.auth import SCOPES, AuthConfigError, parse_ttl
 from tracker.config import ConfigError, Settings, load_settings
-from tracker.models import InvalidField, clean_text
+from tracker.models import DeviceToken, InstanceName, InvalidField, Profile, validated
 from tracker.store import Database, devices, instances
 
 log = logging.getLogger("tracker")
 
 
 class CommandError(Exception):
-    """A command cannot do what was asked; the message says why."""
+    """A command cannot do what was asked; the message says why and what to do (exit 2)."""
+
+    exit_status = 2
+
+
+class CommandFailed(CommandError):
+    """A command was right but failed at run time: no server, port taken, disk full (exit 1)."""
+
+    exit_status = 1
 
 
 def _emit(args: argparse.Namespace, value: dict, text: str) -> None:
@@ -32,46 +43,107 @@ def _emit(args: argparse.Namespace, value: dict, text: str) -> None:
 
 
 def _open_database(settings: Settings) -> Database:
-    return Database(settings.storage.path, settings.storage.synchronous)
+    try:
+        return Database(settings.storage.path, settings.storage.synchronous)
+    except sqlite3.Error as error:
+        directory = Path(settings.storage.path).resolve().parent
+        raise CommandError(
+            f"cannot open the database {settings.storage.path} ({error}): check that {directory}"
+            " exists and is writable, or set storage.path (TRACKER_STORAGE_PATH)"
+        ) from None
+
+
+def _listen_overrides(args: argparse.Namespace, settings: Settings) -> Settings:
+    """`--host` / `--port` over the config's server.host / server.port.
+
+    A public_url that was just this host and port follows them, so share
+    links stay right.
+    """
+    server = settings.server
+    changes = {
+        key: value for key, value in (("host", args.host), ("port", args.port)) if value is not None
+    }
+    if not changes:
+        return settings
+    if server.public_url == f"http://{server.host}:{server.port}":
+        host, port = changes.get("host", server.host), changes.get("port", server.port)
+        changes["public_url"] = f"http://{host}:{port}"
+    return settings.replace(server=changes)
+
+
+def _serve_until_stopped(run: Callable[[], Awaitable[None]], settings: Settings) -> None:
+    """trio.run(run), with a listener that cannot bind told in one line (exit 1)."""
+    import trio
+
+    try:
+        trio.run(run)
+    except BaseExceptionGroup as group:
+        bind_errors, _ = group.split(OSError)
+        if bind_errors is None:
+            raise
+        error = _first_leaf(bind_errors)
+        server = settings.server
+        raise CommandFailed(
+            f"cannot listen on {server.host}:{server.port}: {error.strerror or error}"
+            " (is another server running there? choose another with --port or server.port)"
+        ) from None
+
+
+def _first_leaf(group: BaseExceptionGroup) -> BaseException:
+    first = group.exceptions[0]
+    return _first_leaf(first) if isinstance(first, BaseExceptionGroup) else first
 
 
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> None:
     import trio
 
     from tracker.app import create_app
-    from tracker.server import serve
+    from tracker.server import log_serving, serve
 
+    settings = _listen_overrides(args, settings)
+    _open_database(settings).close()  # a path that cannot be opened is told in one line
     app = create_app(settings)
-    log.info(
-        "tracker %s serving on http://%s:%s%s",
-        __version__,
-        settings.server.host,
-        settings.server.port,
-        settings.server.api_prefix,
-    )
-    trio.run(serve, app, settings)
+
+    async def run() -> None:
+        async with trio.open_nursery() as nursery:
+            binds = await nursery.start(partial(serve, app, settings))
+            log_serving(binds, settings)
+
+    _serve_until_stopped(run, settings)
 
 
 def cmd_demo(args: argparse.Namespace, settings: Settings) -> None:
-    from tracker.demo import run_demo
+    from tracker.demo import demo
 
-    run_demo(settings, as_json=getattr(args, "json", False))
+    settings = _listen_overrides(args, settings)
+    _open_database(settings).close()
+    _serve_until_stopped(partial(demo, settings, getattr(args, "json", False)), settings)
 
 
 def cmd_watch(args: argparse.Namespace, settings: Settings) -> None:
+    from trio_websocket import HandshakeError
+
     from tracker.watch import run_watch
 
     server = settings.server
     url = args.url or f"ws://{server.host}:{server.port}{server.api_prefix}/ws/realtime"
     extra = {"units": args.units, "timezone": args.timezone, "date_format": args.date_format}
-    code = run_watch(url, args.token, args.instance, **extra)
+    try:
+        code, reason = run_watch(url, args.token, args.instance, **extra)
+    except (HandshakeError, OSError) as error:
+        detail = f"HTTP {error.status_code}" if hasattr(error, "status_code") else "no answer"
+        raise CommandFailed(
+            f"cannot reach the server at {url} ({detail}): is `tracker serve` running there?"
+            " (or give the stream's address with --url)"
+        ) from None
     if code not in (1000, 1001):
-        raise CommandError(f"the server closed the stream with code {code}")
+        because = f": {reason}" if reason else ""
+        raise CommandFailed(f"the server closed the stream with code {code}{because}")
 
 
 def cmd_instance_create(args: argparse.Namespace, settings: Settings) -> None:
     try:
-        name = clean_text(args.name, "name", max_length=200)
+        name = validated(InstanceName, args.name, "name")
     except InvalidField as error:
         raise CommandError(str(error)) from None
     db = _open_database(settings)
@@ -94,8 +166,8 @@ def cmd_device_add(args: argparse.Namespace, settings: Settings) -> None:
     if db.read_sync(instances.get, args.instance) is None:
         raise CommandError(f"no instance {args.instance!r}")
     try:
-        token = clean_text(args.token or str(uuid.uuid4()), "token", max_length=128)
-        profile = {k: clean_text(v, k) for k, v in _profile_from_name(args.name).items()}
+        token = validated(DeviceToken, args.token or str(uuid.uuid4()), "--token")
+        profile = validated(Profile, _profile_from_name(args.name), "--name").as_dict()
     except InvalidField as error:
         raise CommandError(str(error)) from None
     try:
@@ -151,8 +223,13 @@ def build_parser() -> argparse.ArgumentParser:
         sub.set_defaults(handler=handler)
         return sub
 
-    command(commands, "serve", cmd_serve, "run the server")
-    command(commands, "demo", cmd_demo, "run the server with a demo fleet driving")
+    for name, handler, help in (
+        ("serve", cmd_serve, "run the server"),
+        ("demo", cmd_demo, "run the server with a demo fleet driving"),
+    ):
+        serving = command(commands, name, handler, help)
+        serving.add_argument("--host", help="address to listen on (default: server.host)")
+        serving.add_argument("--port", type=_port, help="port to listen on (default: server.port)")
 
     watch = command(commands, "watch", cmd_watch, "print an instance's live stream")
     watch.add_argument("--instance", required=True, help="instance id")
@@ -185,6 +262,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _port(text: str) -> int:
+    if not text.isdigit() or not 0 <= int(text) <= 65535:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}")
+    return int(text)
+
+
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     logging.basicConfig(
@@ -196,8 +279,14 @@ def main(argv: list[str] | None = None) -> None:
     try:
         settings = load_settings(args.config)
         args.handler(args, settings)
-    except (ConfigError, CommandError, AuthConfigError) as error:
+    except CommandError as error:
+        print(f"tracker: {error}", file=sys.stderr)
+        raise SystemExit(error.exit_status) from None
+    except (ConfigError, AuthConfigError) as error:
         print(f"tracker: {error}", file=sys.stderr)
         raise SystemExit(2) from None
+    except sqlite3.Error as error:  # e.g. the disk is full under a command's write
+        print(f"tracker: the database could not be written: {error}", file=sys.stderr)
+        raise SystemExit(1) from None
     except KeyboardInterrupt:
         raise SystemExit(130) from None

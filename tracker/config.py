@@ -169,6 +169,12 @@ def load_settings(
             data = tomllib.loads(file.read_text(encoding="utf-8"))
         except tomllib.TOMLDecodeError as error:
             raise ConfigError(f"{file}: not valid TOML: {error}") from None
+        except UnicodeDecodeError as error:
+            raise ConfigError(
+                f"{file}: not UTF-8 text (byte {error.start}): save it as UTF-8"
+            ) from None
+        except OSError as error:
+            raise ConfigError(f"{file}: cannot be read: {error.strerror}") from None
     elif explicit:
         raise ConfigError(f"config file {file} does not exist")
     for section, values in _env_overrides(environ).items():

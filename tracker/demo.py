@@ -26,7 +26,7 @@ from tracker.app import create_app
 from tracker.config import Settings
 from tracker.context import Tracker
 from tracker.geo import haversine_m, initial_bearing_deg
-from tracker.server import serve
+from tracker.server import log_serving, serve
 from tracker.store import devices, instances
 
 DEMO_INSTANCE_NAME = "Demo fleet"
@@ -175,7 +175,7 @@ async def drive(client: httpx.AsyncClient, api: str, van: Van) -> None:
         await trio.sleep(REPORT_EVERY_SECONDS)
 
 
-def _announce(settings: Settings, info: dict, as_json: bool) -> None:
+def _announce(info: dict, as_json: bool) -> None:
     if as_json:
         print(json.dumps(info), flush=True)
         return
@@ -189,15 +189,16 @@ Share link (van 1 heading to {info["destination"]["label"]}):
 Admin token for instance {info["instance_id"]}:
   {info["admin_token"]}
 
-Try it:
-  curl -H "Authorization: Bearer $TOKEN" {info["server"]}{settings.server.api_prefix}/devices/demo-van-1/position
-  tracker watch --instance {info["instance_id"]} --token $TOKEN      # the /ws/realtime stream
+Try it (the /ws/realtime stream, then a van's last position):
+  tracker watch --url {info["ws_url"]} --instance {info["instance_id"]} --token {info["admin_token"]}
+  curl -H "Authorization: Bearer {info["admin_token"]}" {info["api"]}/devices/demo-van-1/position
 """,
         flush=True,
     )
 
 
-async def _run(settings: Settings, as_json: bool) -> None:
+async def demo(settings: Settings, as_json: bool = False) -> None:
+    """Serve with the demo fleet driving until Ctrl-C or SIGTERM."""
     app = create_app(settings)
     tracker: Tracker = app.extensions["tracker"]
     instance_id, vans, admin_token = prepare_fleet(tracker)
@@ -207,7 +208,9 @@ async def _run(settings: Settings, as_json: bool) -> None:
             await serve(app, settings, task_status=task_status)
             nursery.cancel_scope.cancel()  # Ctrl-C: the vans stop with the server
 
-        url = (await nursery.start(serve_then_stop))[0]
+        binds = await nursery.start(serve_then_stop)
+        log_serving(binds, settings)
+        url = binds[0]
         api = f"{url}{settings.server.api_prefix}"
         destination = {
             "latitude": vans[0].route[-1][0],
@@ -228,9 +231,10 @@ async def _run(settings: Settings, as_json: bool) -> None:
         )
         response.raise_for_status()
         _announce(
-            settings,
             {
                 "server": url,
+                "api": api,
+                "ws_url": api.replace("http", "ws", 1) + "/ws/realtime",
                 "instance_id": instance_id,
                 "admin_token": admin_token,
                 "share_url": response.json()["share_url"],
@@ -241,7 +245,3 @@ async def _run(settings: Settings, as_json: bool) -> None:
         )
         for van in vans:
             nursery.start_soon(partial(drive, client, api, van))
-
-
-def run_demo(settings: Settings, as_json: bool = False) -> None:
-    trio.run(_run, settings, as_json)

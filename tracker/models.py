@@ -16,7 +16,15 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    TypeAdapter,
+    ValidationError,
+)
 
 MAX_FUTURE_SECONDS = 24 * 3600
 MILLISECONDS_THRESHOLD = 1e11
@@ -211,6 +219,24 @@ def _clean_long(value: str) -> str:
 ShortText = Annotated[str, AfterValidator(_clean_short)]
 LongText = Annotated[str, AfterValidator(_clean_long)]
 DisplayField = Literal[PROFILE_FIELDS]  # type: ignore[valid-type]
+# Names and ids that the REST API and the command line both take: one rule each.
+DeviceToken = Annotated[str, Field(min_length=1, max_length=128), AfterValidator(_clean_short)]
+InstanceName = Annotated[
+    str,
+    StringConstraints(strip_whitespace=True, min_length=1, max_length=200),
+    AfterValidator(_clean_short),
+]
+
+
+def validated(kind: Any, value: Any, field: str) -> Any:
+    """`value` checked against a shape above (DeviceToken, Profile, ...); InvalidField if not."""
+    try:
+        return TypeAdapter(kind).validate_python(value)
+    except ValidationError as error:
+        problem = error.errors()[0]
+        where = ".".join(str(part) for part in problem["loc"])
+        message = problem["msg"].removeprefix("Value error, ").removeprefix("value: ")
+        raise InvalidField(f"{field}.{where}" if where else field, message) from None
 
 
 class Profile(BaseModel):

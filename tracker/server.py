@@ -32,6 +32,7 @@ from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve as hypercorn_serve
 from quart import Quart
 
+from tracker import __version__
 from tracker.config import Settings
 
 log = logging.getLogger("tracker")
@@ -59,6 +60,17 @@ def hypercorn_config(settings: Settings) -> HypercornConfig:
     config.accesslog = None  # share tokens are in paths; they never go to a log
     config.errorlog = logging.getLogger("hypercorn.error")
     return config
+
+
+def log_serving(binds: list[str], settings: Settings) -> None:
+    """The startup line: where the server listens, and a URL that answers."""
+    log.info(
+        "tracker %s serving on %s (health: %s%s/health)",
+        __version__,
+        binds[0],
+        binds[0],
+        settings.server.api_prefix,
+    )
 
 
 async def wait_for_stop_signal() -> None:

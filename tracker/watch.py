@@ -12,8 +12,8 @@ import trio
 from trio_websocket import ConnectionClosed, open_websocket_url
 
 
-async def watch(url: str, token: str, instance_id: str, **settings: str) -> int:
-    """Stream until the server closes; returns the close code."""
+async def watch(url: str, token: str, instance_id: str, **settings: str) -> tuple[int, str]:
+    """Stream until the server closes; returns the close code and reason."""
     async with open_websocket_url(url) as ws:
         await ws.send_message(
             json.dumps(
@@ -28,10 +28,10 @@ async def watch(url: str, token: str, instance_id: str, **settings: str) -> int:
                     continue
                 print(message, flush=True)
         except ConnectionClosed as closed:
-            return closed.reason.code
+            return closed.reason.code, closed.reason.reason or ""
         except BrokenPipeError:  # e.g. piped into `head`
-            return 1000
+            return 1000, ""
 
 
-def run_watch(url: str, token: str, instance_id: str, **settings: str) -> int:
+def run_watch(url: str, token: str, instance_id: str, **settings: str) -> tuple[int, str]:
     return trio.run(lambda: watch(url, token, instance_id, **settings))

@@ -57,8 +57,8 @@ from hypercorn.protocol.ws_stream import ASGIWebsocketState, WSStream
 from hypercorn.trio.tcp_server import TCPServer
 
 from tracker import jsoncodec
-from tracker.clientgone import CLIENT_GONE_ERRORS
 from tracker.hub import Mailbox, MailboxClosed, SlowConsumer
+from tracker.sendguard import CLIENT_GONE_ERRORS
 
 log = logging.getLogger("tracker.websocket")
 
@@ -214,7 +214,7 @@ class Connection:
                 return text
 
     async def _asgi_send(self, message: dict[str, Any]) -> None:
-        """An ASGI send; Disconnected when the socket was closed under it (tracker/clientgone.py)."""
+        """An ASGI send; Disconnected when the socket was closed under it (tracker/sendguard.py)."""
         try:
             await self._send(message)
         except CLIENT_GONE_ERRORS:

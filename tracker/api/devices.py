@@ -30,7 +30,7 @@ from tracker.api.schemas import (
 from tracker.auth import Principal
 from tracker.context import current
 from tracker.errors import Conflict, NotFound
-from tracker.models import DisplayField, Profile, ShortText
+from tracker.models import DeviceToken, DisplayField, Profile
 from tracker.store import devices, instances
 
 blueprint = Blueprint("devices", __name__)
@@ -42,7 +42,7 @@ class DeviceCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     instance_id: str = Field(max_length=64)
-    device_token: ShortText | None = Field(None, min_length=1, max_length=128)
+    device_token: DeviceToken | None = None
     profile: Profile | None = None
     display_field: DisplayField = "full_name"
 
