@@ -16,6 +16,7 @@ nothing else.
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
 import sqlite3
@@ -210,7 +211,10 @@ def tracker(tmp_path_factory, tile_server) -> Iterator[Tracker]:
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
     if not Path(CHROMIUM).exists():
-        pytest.skip("needs Debian's chromium package (apt-get install chromium)")
+        message = "needs Debian's chromium package (apt-get install chromium; .ci/run does)"
+        if os.environ.get("CI"):
+            pytest.fail(message)  # CI must run the browser tests, never skip them silently
+        pytest.skip(message)
     expect.set_options(timeout=WAIT_MS)
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
