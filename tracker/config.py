@@ -16,6 +16,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from tracker.clientaddr import parse_network
+
 DEFAULT_CONFIG_FILE = "tracker.toml"
 
 
@@ -33,6 +35,7 @@ class ServerSettings(_Section):
     public_url: str = "http://127.0.0.1:8080"
     api_prefix: str = "/api/v1"
     max_connections_per_address: int = Field(256, ge=0)
+    trusted_proxies: list[str] = ["127.0.0.0/8", "::1"]
 
     @field_validator("api_prefix")
     @classmethod
@@ -48,6 +51,16 @@ class ServerSettings(_Section):
         if not value.startswith(("http://", "https://")):
             raise ValueError("must start with http:// or https://")
         return value.rstrip("/")
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _networks_shape(cls, value: list[str]) -> list[str]:
+        for network in value:
+            try:
+                parse_network(network)
+            except ValueError:
+                raise ValueError(f"{network!r} is not an address or a CIDR network") from None
+        return value
 
 
 class StorageSettings(_Section):
