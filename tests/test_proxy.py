@@ -118,9 +118,10 @@ def test_trusted_proxies_default_to_loopback_and_take_a_json_list():
     assert settings.server.trusted_proxies == ["10.0.0.0/8", "2001:db8::/32"]
 
 
-def test_the_documented_nginx_config_is_the_tested_one():
+def test_the_documented_configs_are_the_files_in_deploy():
     doc = DEPLOYMENT_DOC.read_text(encoding="utf-8")
     assert "```nginx\n" + NGINX_TEMPLATE.read_text(encoding="utf-8") + "```" in doc
+    assert "```caddy\n" + (ROOT / "deploy" / "Caddyfile").read_text(encoding="utf-8") + "```" in doc
 
 
 # -- the real nginx in front of the real server -----------------------------------
@@ -318,12 +319,16 @@ async def test_rest_works_over_https_through_nginx(proxy, fleet):
         assert redirect.headers["Location"].startswith("https://")
 
 
-async def test_phone_app_posts_to_the_osmand_port_through_nginx(proxy, fleet, http):
-    async with proxy.client(base=proxy.osmand) as phone:
+async def test_phone_app_posts_to_the_osmand_port_through_nginx(proxy, fleet, http, caplog):
+    caplog.set_level(logging.WARNING, logger="tracker")
+    async with proxy.client("127.0.0.3", base=proxy.osmand) as phone:
         answer = await phone.get(
             "/", params={"id": fleet.a.ingest_key, "lat": 48.85, "lon": 2.35, "timestamp": 0}
         )
         assert answer.status_code == 200, answer.text
+        unknown = await phone.get("/", params={"id": "not-a-key", "lat": 1, "lon": 1})
+        assert unknown.status_code == 404
+    assert "refused OsmAnd ingest from 127.0.0.3" in caplog.text
     position = await http.get(
         f"/devices/{fleet.a.device_token}/position", headers=bearer(fleet.a.read_token)
     )
