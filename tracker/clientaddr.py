@@ -41,7 +41,7 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 PARSED_ADDRESS_CACHE = 4096  # peers and header entries seen again and again
-MAX_ADDRESS_CHARS = 64  # "[v6%zone]:port" fits; longer entries are not addresses
+MAX_ADDRESS_CHARS = 64  # "[v6%zone]:port" fits; longer entries are not addresses (nor cached)
 
 
 def parse_network(text: str) -> IPNetwork:
@@ -51,11 +51,6 @@ def parse_network(text: str) -> IPNetwork:
 
 def parse_address(text: str) -> IPAddress | None:
     """An address from a socket or a header entry, port and brackets dropped; None if not one."""
-    return None if len(text) > MAX_ADDRESS_CHARS else _parse_address(text)
-
-
-@lru_cache(maxsize=PARSED_ADDRESS_CACHE)
-def _parse_address(text: str) -> IPAddress | None:
     text = text.strip().strip('"').strip()
     if text.startswith("["):  # [v6] or [v6]:port
         text = text[1 : text.find("]")] if "]" in text else ""
@@ -75,30 +70,40 @@ class TrustedProxies:
 
     def __init__(self, networks: Iterable[str]):
         self.networks = tuple(parse_network(network) for network in networks)
-        self.trusts = lru_cache(maxsize=PARSED_ADDRESS_CACHE)(self._trusts)
+        # Peers and header entries repeat: each text is parsed and matched once.
+        self._classify_once = lru_cache(maxsize=PARSED_ADDRESS_CACHE)(self._classify)
 
-    def _trusts(self, address: IPAddress) -> bool:
-        return any(address in network for network in self.networks)
+    def classify(self, text: str) -> tuple[str | None, bool]:
+        """(the address in canonical form or None, whether it is a trusted proxy)."""
+        if len(text) > MAX_ADDRESS_CHARS:
+            return None, False
+        return self._classify_once(text)
+
+    def _classify(self, text: str) -> tuple[str | None, bool]:
+        address = parse_address(text)
+        if address is None:
+            return None, False
+        return str(address), any(address in network for network in self.networks)
 
     def client(self, peer: str, forwarded_for: str | None, forwarded: str | None) -> str:
         """The client's address for a connection from `peer` with these headers."""
-        nearest = parse_address(peer)
-        if nearest is None or not self.trusts(nearest):
+        nearest, trusted = self.classify(peer)
+        if nearest is None or not trusted:
             return peer
         if forwarded_for is not None:
             entries = forwarded_for.split(",")
         elif forwarded is not None:
             entries = [_forwarded_for(element) for element in forwarded.split(",")]
         else:
-            return str(nearest)
+            return nearest
         for entry in reversed(entries):
-            address = parse_address(entry)
+            address, trusted = self.classify(entry)
             if address is None:
                 break
             nearest = address
-            if not self.trusts(address):
+            if not trusted:
                 break
-        return str(nearest)
+        return nearest
 
 
 def _forwarded_for(element: str) -> str:
@@ -119,7 +124,7 @@ class ClientAddress:
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
         peer = scope.get("client")
-        if scope["type"] in ("http", "websocket") and peer and self.proxies.networks:
+        if scope["type"] in ("http", "websocket") and peer and self.proxies.classify(peer[0])[1]:
             forwarded_for, forwarded = _proxy_headers(scope.get("headers", ()))
             address = self.proxies.client(peer[0], forwarded_for, forwarded)
             if address != peer[0]:
@@ -131,13 +136,15 @@ class ClientAddress:
 
 
 def _proxy_headers(headers: Iterable[tuple[bytes, bytes]]) -> tuple[str | None, str | None]:
-    """X-Forwarded-For and Forwarded, each repeated header joined with commas (RFC 9110)."""
+    """X-Forwarded-For and Forwarded, each repeated header joined with commas (RFC 9110).
+
+    ASGI header names are lower case."""
     forwarded_for: list[str] = []
     forwarded: list[str] = []
     for name, value in headers:
-        if len(name) == 15 and name.lower() == b"x-forwarded-for":
+        if name == b"x-forwarded-for":
             forwarded_for.append(value.decode("latin-1"))
-        elif len(name) == 9 and name.lower() == b"forwarded":
+        elif name == b"forwarded":
             forwarded.append(value.decode("latin-1"))
     return (
         ",".join(forwarded_for) if forwarded_for else None,
