@@ -36,7 +36,7 @@ from trio_websocket import ConnectionRejected, wrap_client_stream
 
 from tests.conftest import bearer, free_port
 from tracker.clientaddr import TrustedProxies
-from tracker.config import ConfigError, load_settings
+from tracker.config import ConfigError, Settings, load_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 NGINX_TEMPLATE = ROOT / "deploy" / "nginx.conf"
@@ -103,10 +103,7 @@ def test_a_bad_trusted_proxy_stops_the_server_naming_the_key(value):
 
 
 def test_trusted_proxies_default_to_loopback_and_take_a_json_list():
-    assert (
-        LOOPBACK.networks
-        == TrustedProxies(load_settings(environ={}).server.trusted_proxies).networks
-    )
+    assert TrustedProxies(Settings().server.trusted_proxies).networks == LOOPBACK.networks
     settings = load_settings(
         environ={"TRACKER_SERVER_TRUSTED_PROXIES": '["10.0.0.0/8", "2001:db8::/32"]'}
     )
