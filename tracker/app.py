@@ -21,6 +21,7 @@ from quart_trio.wrappers import TrioRequest
 from tracker import __version__, jsoncodec
 from tracker.api.schemas import TrackerOpenAPIProvider
 from tracker.auth import GENERATED_SECRET_NAME, TokenVerifier
+from tracker.clientaddr import ClientAddress
 from tracker.config import Settings
 from tracker.connlimit import PerAddressLimit
 from tracker.context import Tracker
@@ -151,8 +152,11 @@ def create_app(settings: Settings, db: Database | None = None) -> Quart:
     app.register_blueprint(ingest.apps_blueprint)
     app.register_blueprint(share_page.blueprint)  # the recipient's page: no API prefix
     tracker.websockets = WebSocketRouter(app.asgi_app, websocket_routes(tracker))
-    app.asgi_app = GuardedResponses(
-        PerAddressLimit(tracker.websockets, settings.server.max_connections_per_address)
+    app.asgi_app = ClientAddress(
+        GuardedResponses(
+            PerAddressLimit(tracker.websockets, settings.server.max_connections_per_address)
+        ),
+        settings.server.trusted_proxies,
     )
 
     @app.before_request

@@ -16,6 +16,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from tracker.clientaddr import parse_network
+
 DEFAULT_CONFIG_FILE = "tracker.toml"
 
 
@@ -34,6 +36,7 @@ class ServerSettings(_Section):
     api_prefix: str = "/api/v1"
     max_connections_per_address: int = Field(256, ge=0)
     header_timeout_seconds: float = Field(10, gt=0, le=3600)
+    trusted_proxies: list[str] = ["127.0.0.0/8", "::1"]
 
     @field_validator("api_prefix")
     @classmethod
@@ -49,6 +52,16 @@ class ServerSettings(_Section):
         if not value.startswith(("http://", "https://")):
             raise ValueError("must start with http:// or https://")
         return value.rstrip("/")
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _networks_shape(cls, value: list[str]) -> list[str]:
+        for network in value:
+            try:
+                parse_network(network)
+            except ValueError:
+                raise ValueError(f"{network!r} is not an address or a CIDR network") from None
+        return value
 
 
 class StorageSettings(_Section):

@@ -5,7 +5,9 @@ everyone else of sockets and memory, so past `server.max_connections_per_address
 (0: no cap) a new HTTP request is answered 429 and a new WebSocket handshake
 is refused with HTTP 429, until that address's others finish. Idle TCP
 connections that never send a request are Hypercorn's to end (its read
-timeout; see server.py).
+timeout; see server.py). The address is the client's as clientaddr.py
+resolved it (behind a trusted proxy, the one the proxy saw), so users
+behind one proxy each have their own cap.
 """
 
 from __future__ import annotations
