@@ -1,4 +1,9 @@
-"""The positions table: insert a checked batch, read the latest fix and a trip's fixes, prune."""
+"""The positions table: insert a checked batch, read the latest fix and a trip's fixes, prune.
+
+Every read of a trip's fixes is bounded: a fix's two neighbours in time (for
+the writer), or one page (for `/tracks`), each an index seek on
+`positions_trip` (device_token, track_token, ts), whatever the trip's length.
+"""
 
 from __future__ import annotations
 
@@ -131,13 +136,34 @@ def latest_for_instance(conn: sqlite3.Connection, instance_id: str) -> list[Devi
     ]
 
 
-def of_trip(
-    conn: sqlite3.Connection, device_token: str, track_token: str, since: float | None = None
+def neighbours(
+    conn: sqlite3.Connection, device_token: str, track_token: str, timestamp: float
+) -> tuple[Position | None, Position | None]:
+    """The trip's stored fixes just before and just after `timestamp`."""
+    where = "WHERE device_token = ? AND track_token = ? AND ts"
+    before = conn.execute(
+        f"SELECT {_COLUMNS} FROM positions {where} < ? ORDER BY ts DESC LIMIT 1",
+        (device_token, track_token, timestamp),
+    ).fetchone()
+    after = conn.execute(
+        f"SELECT {_COLUMNS} FROM positions {where} > ? ORDER BY ts LIMIT 1",
+        (device_token, track_token, timestamp),
+    ).fetchone()
+    return (_position(before) if before else None, _position(after) if after else None)
+
+
+def trip_page(
+    conn: sqlite3.Connection,
+    device_token: str,
+    track_token: str,
+    after: float | None,
+    limit: int,
 ) -> list[Position]:
+    """Up to `limit` of the trip's fixes later than `after` (all when None), in time order."""
     rows = conn.execute(
         f"SELECT {_COLUMNS} FROM positions WHERE device_token = ? AND track_token = ?"
-        " AND ts >= ? ORDER BY ts",
-        (device_token, track_token, since if since is not None else float("-inf")),
+        " AND ts > ? ORDER BY ts LIMIT ?",
+        (device_token, track_token, after if after is not None else float("-inf"), limit),
     ).fetchall()
     return [_position(row) for row in rows]
 
