@@ -147,7 +147,8 @@ def vm_steps_of(db: Database, request: tuple[str, list[Position]]) -> int:
     return steps
 
 
-def test_a_backlog_fix_costs_the_same_in_a_long_trip_as_in_a_short_one(tmp_path):
+@pytest.mark.parametrize("late", [[100], [10, 190]], ids=["one fix", "fixes far apart"])
+def test_a_backlog_request_costs_the_same_in_a_long_trip_as_in_a_short_one(tmp_path, late):
     """Issue #15: a late fix made the writer reread its whole trip, stalling every device."""
     db = Database(tmp_path / "trips.db")
     instance = db.write_sync(instances.create, "Trips")
@@ -160,15 +161,18 @@ def test_a_backlog_fix_costs_the_same_in_a_long_trip_as_in_a_short_one(tmp_path)
         ]
         db.write_sync(commit_batch, [(device.token, fixes)], GAP, RADIUS, NOW)
 
-    def backlog_fix(index: int) -> list[Position]:
+    def backlog(scale: int) -> list[Position]:
         return [
             Position(
-                latitude=51 + index * 1e-4, longitude=-0.11, timestamp=NOW - 30_000 + index + 0.5
+                latitude=51 + i * scale * 1e-4,
+                longitude=-0.11,
+                timestamp=NOW - 30_000 + i * scale + 0.5,
             )
+            for i in late
         ]
 
-    short_steps = vm_steps_of(db, (short.token, backlog_fix(100)))
-    long_steps = vm_steps_of(db, (long.token, backlog_fix(10_000)))
+    short_steps = vm_steps_of(db, (short.token, backlog(1)))
+    long_steps = vm_steps_of(db, (long.token, backlog(100)))
     db.close()
     assert long_steps < 2 * short_steps, (short_steps, long_steps)
 

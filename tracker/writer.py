@@ -218,7 +218,8 @@ def commit_batch(
             continue
         ordered = sorted(positions, key=lambda p: p.timestamp)
         low, high = ordered[0].timestamp, ordered[-1].timestamp
-        known = state.seen[token] | positions_store.existing_timestamps(conn, token, low, high)
+        stamps = {p.timestamp for p in ordered}
+        known = state.seen[token] | positions_store.existing_timestamps(conn, token, stamps)
         state.load_trips_near(token, low, high)
         result = IngestResult()
         for position in ordered:

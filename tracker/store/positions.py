@@ -19,6 +19,7 @@ _INSERT = (
     " accuracy, altitude, battery, valid, attributes, received_at)"
     " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
+_TIMESTAMPS_PER_QUERY = 500  # well under SQLite's bound-parameter limit
 _COLUMNS = (
     "ts, lat, lon, speed, heading, accuracy, altitude, battery, valid, attributes, track_token"
 )
@@ -53,13 +54,21 @@ def _position(row: sqlite3.Row) -> Position:
 
 
 def existing_timestamps(
-    conn: sqlite3.Connection, device_token: str, low: float, high: float
+    conn: sqlite3.Connection, device_token: str, timestamps: Iterable[float]
 ) -> set[float]:
-    rows = conn.execute(
-        "SELECT ts FROM positions WHERE device_token = ? AND ts BETWEEN ? AND ?",
-        (device_token, low, high),
-    )
-    return {row[0] for row in rows}
+    """Which of these timestamps the device already has a fix at (one seek each, not a
+    range scan: a request spanning a long trip costs its own size)."""
+    wanted = list(timestamps)
+    found: set[float] = set()
+    for low in range(0, len(wanted), _TIMESTAMPS_PER_QUERY):
+        chunk = wanted[low : low + _TIMESTAMPS_PER_QUERY]
+        rows = conn.execute(
+            "SELECT ts FROM positions WHERE device_token = ?"
+            f" AND ts IN ({', '.join('?' * len(chunk))})",
+            (device_token, *chunk),
+        )
+        found.update(row[0] for row in rows)
+    return found
 
 
 def insert_many(
