@@ -17,7 +17,7 @@ Phases, each bounded in time (--seconds) after a short warm-up:
 The server (and the SQLite reference) is pinned to one core and the load
 clients to the others. Every client connection owns one device and posts its
 fixes in time order with unique timestamps (base + n * 1 ms, within the last
-day), so nothing is deduplicated or refused, and no trip is ever recounted.
+day), so nothing is deduplicated or refused, and no fix is a backlog.
 Committed positions are counted in the database after each phase; positions/s
 = committed rows / elapsed seconds. Server and client CPU use are measured over
 each phase (from /proc and the children's rusage) to show which side saturates.
@@ -122,7 +122,7 @@ class Tracker(TrackerServer):
         return previous
 
     def out_of_order_inserts(self) -> int:
-        """Fixes stored after a later fix of the same device (they would force trip recounts)."""
+        """Fixes stored after a later fix of the same device (backlog inserts into their trip)."""
         with sqlite3.connect(self.db_path, timeout=30) as conn:
             return conn.execute(
                 "SELECT count(*) FROM (SELECT ts, lag(ts) OVER"

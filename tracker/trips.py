@@ -5,8 +5,19 @@ gap longer than `trips.split_gap_seconds`; a client that sends its own trip
 id keeps it. Aggregates (distance, max speed, count, start and end) are kept
 up to date as fixes arrive, so a stats call reads one row instead of
 rescanning a long trip. A fix that arrives in time order extends its trip in
-O(1); a backlog fix landing before a trip's end (rare) marks the trip for a
-recount from its stored fixes.
+O(1) (`Trip.add`). A backlog fix, older than its trip's end, is absorbed
+between its neighbours in time (`Trip.insert`: the writer looks them up by
+index), never by rescanning the trip, so its cost does not grow with the trip.
+
+Distance follows the jitter rule of `geo.advance_distance`: a leg counts only
+when longer than the new fix's accuracy, measured from the last counted fix
+(the anchor). `recount` is the reference: the aggregates of the fixes taken in
+time order. Appends match it exactly. An insert matches it exactly for count,
+start, end and max speed, and for distance when no fix reports an accuracy
+(the plain great-circle sum). With accuracies it is a local approximation: the
+inserted fix's legs are measured from its previous neighbour as if that were
+the anchor, and later fixes keep the legs they were counted with, so the
+distance can differ from a recount by about the accuracies involved.
 """
 
 from __future__ import annotations
@@ -36,7 +47,6 @@ class Trip:
     end_lon: float
     anchor_lat: float  # the last fix that counted towards distance_m
     anchor_lon: float
-    needs_recount: bool = False
 
     @classmethod
     def start(cls, device_token: str, position: Position, track_token: str | None = None) -> Trip:
@@ -57,12 +67,7 @@ class Trip:
         )
 
     def add(self, position: Position) -> None:
-        """Count one more fix. In time order it extends the trip; otherwise a recount is due."""
-        if position.timestamp < self.ended_at:
-            self.needs_recount = True
-            self.started_at = min(self.started_at, position.timestamp)
-            self.waypoint_count += 1
-            return
+        """Count a fix newer than the trip's end: it becomes the end."""
         leg, moves = advance_distance(
             self.anchor_lat,
             self.anchor_lon,
@@ -75,6 +80,57 @@ class Trip:
             self.anchor_lat, self.anchor_lon = position.latitude, position.longitude
         self.ended_at = position.timestamp
         self.end_lat, self.end_lon = position.latitude, position.longitude
+        self._count(position)
+
+    def insert(
+        self, position: Position, previous: Position | None, following: Position | None
+    ) -> None:
+        """Count a fix older than the trip's end, given its neighbours in time in this trip.
+
+        `previous` is the trip's latest fix before it (None: it is the new start),
+        `following` the earliest after it. The legs previous -> following become
+        previous -> fix -> following; nothing else is read (see the module docstring).
+        """
+        if previous is None:
+            moves = True  # a trip's first fix is always its anchor
+            leg_in = 0.0
+        else:
+            leg_in, moves = advance_distance(
+                previous.latitude,
+                previous.longitude,
+                position.latitude,
+                position.longitude,
+                position.accuracy,
+            )
+        if moves and following is not None:
+            leg_out, following_moves = advance_distance(
+                position.latitude,
+                position.longitude,
+                following.latitude,
+                following.longitude,
+                following.accuracy,
+            )
+            leg_replaced = 0.0
+            if previous is not None:
+                leg_replaced = advance_distance(
+                    previous.latitude,
+                    previous.longitude,
+                    following.latitude,
+                    following.longitude,
+                    following.accuracy,
+                )[0]
+            self.distance_m = max(0.0, self.distance_m + leg_in + leg_out - leg_replaced)
+            if following.timestamp == self.ended_at:
+                anchor = following if following_moves else position
+                self.anchor_lat, self.anchor_lon = anchor.latitude, anchor.longitude
+        elif moves:
+            self.distance_m += leg_in
+        if position.timestamp < self.started_at:
+            self.started_at = position.timestamp
+            self.start_lat, self.start_lon = position.latitude, position.longitude
+        self._count(position)
+
+    def _count(self, position: Position) -> None:
         self.waypoint_count += 1
         if position.speed is not None:
             self.max_speed = max(self.max_speed or 0.0, position.speed)
@@ -99,7 +155,8 @@ def new_track_token() -> str:
 
 
 def recount(device_token: str, track_token: str, positions: Iterable[Position]) -> Trip | None:
-    """A trip's aggregates computed afresh from its fixes (any order)."""
+    """A trip's aggregates computed afresh from its fixes (any order): the reference
+    that `add` and `insert` keep up with (the tests compare them)."""
     trip: Trip | None = None
     for position in sorted(positions, key=lambda p: p.timestamp):
         if trip is None:

@@ -11,7 +11,10 @@ once.
 
 In the transaction: duplicates (same device and timestamp) are counted and
 skipped; each fix joins its trip (the client's trip id, or by the gap rule)
-and the trip's aggregates are updated; a fix newer than the device's latest
+and the trip's aggregates are updated: in O(1) for a fix after the trip's
+end, and for an older one (a backlog) from its two neighbours in time, found
+by index among the stored fixes and those of this batch, so a request costs
+the same whatever the length of its trip; a fix newer than the device's latest
 valid one becomes the live position. Older fixes (a backlog) are stored in
 their trip and never broadcast as live.
 """
@@ -21,6 +24,7 @@ from __future__ import annotations
 import logging
 import sqlite3
 import time
+from bisect import bisect_left, insort
 from dataclasses import dataclass, field
 
 import trio
@@ -34,7 +38,7 @@ from tracker.store import positions as positions_store
 from tracker.store import sessions as sessions_store
 from tracker.store import trips as trips_store
 from tracker.store.sessions import COMPLETED
-from tracker.trips import Trip, choose_trip, recount
+from tracker.trips import Trip, choose_trip
 
 log = logging.getLogger("tracker.writer")
 
@@ -134,6 +138,7 @@ class _BatchState:
         self.seen: dict[str, set[float]] = {}
         self.trips: dict[tuple[str, str], Trip] = {}
         self.touched: set[tuple[str, str]] = set()
+        self.joined: dict[tuple[str, str], list[Position]] = {}  # per trip, not stored yet
 
     def device(self, token: str) -> devices.Device | None:
         if token not in self.devices:
@@ -148,7 +153,9 @@ class _BatchState:
 
     def trip_for(self, token: str, position: Position) -> Trip:
         trip = self._join(token, position)
-        self.touched.add((token, trip.track_token))
+        key = (token, trip.track_token)
+        self.touched.add(key)
+        insort(self.joined.setdefault(key, []), position, key=_timestamp)
         return trip
 
     def _join(self, token: str, position: Position) -> Trip:
@@ -166,8 +173,28 @@ class _BatchState:
                 trip = Trip.start(token, position)
                 self.trips[(token, trip.track_token)] = trip
                 return trip
-        trip.add(position)
+        if position.timestamp > trip.ended_at:
+            trip.add(position)
+        else:
+            trip.insert(position, *self._neighbours(trip, position.timestamp))
         return trip
+
+    def _neighbours(self, trip: Trip, timestamp: float) -> tuple[Position | None, Position | None]:
+        """The trip's fixes just before and after `timestamp`, stored or joined in this batch."""
+        before, after = positions_store.neighbours(
+            self.conn, trip.device_token, trip.track_token, timestamp
+        )
+        joined = self.joined.get((trip.device_token, trip.track_token), [])
+        index = bisect_left(joined, timestamp, key=_timestamp)
+        if index > 0 and (before is None or joined[index - 1].timestamp > before.timestamp):
+            before = joined[index - 1]
+        if index < len(joined) and (after is None or joined[index].timestamp < after.timestamp):
+            after = joined[index]
+        return before, after
+
+
+def _timestamp(position: Position) -> float:
+    return position.timestamp
 
 
 def commit_batch(
@@ -191,7 +218,8 @@ def commit_batch(
             continue
         ordered = sorted(positions, key=lambda p: p.timestamp)
         low, high = ordered[0].timestamp, ordered[-1].timestamp
-        known = state.seen[token] | positions_store.existing_timestamps(conn, token, low, high)
+        stamps = {p.timestamp for p in ordered}
+        known = state.seen[token] | positions_store.existing_timestamps(conn, token, stamps)
         state.load_trips_near(token, low, high)
         result = IngestResult()
         for position in ordered:
@@ -210,12 +238,7 @@ def commit_batch(
         results.append(result)
 
     positions_store.insert_many(conn, rows, received_at)
-    touched = [state.trips[key] for key in state.touched]
-    for index, trip in enumerate(touched):
-        if trip.needs_recount:
-            fixes = positions_store.of_trip(conn, trip.device_token, trip.track_token)
-            touched[index] = recount(trip.device_token, trip.track_token, fixes) or trip
-    trips_store.save(conn, touched)
+    trips_store.save(conn, [state.trips[key] for key in state.touched])
 
     live = []
     for token, (position, track_token) in state.newest.items():

@@ -1,12 +1,13 @@
 """The HTTP and WebSocket API, one module per resource, plus what every route shares.
 
 Shared here: who is calling (`authenticate`), and the query parameters many
-routes take (`pagination`, `time_style`), each refused with a 400 naming the
+routes take (`pagination`, `waypoint_page`, `time_style`), each refused with a 400 naming the
 bad value.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from functools import wraps
 from typing import Any
@@ -23,6 +24,9 @@ from tracker.timefmt import TimeFormatError, TimeStyle
 MAX_PAGE_SIZE = 500
 DEFAULT_PAGE_SIZE = 50
 MAX_OFFSET = 2**63 - 1  # SQLite's largest integer: a larger offset cannot be bound
+# /tracks pages waypoints (about 140 bytes each in JSON): 1,000 is ~140 KB, 10,000 ~1.4 MB.
+DEFAULT_WAYPOINT_PAGE = 1_000
+MAX_WAYPOINT_PAGE = 10_000
 
 
 def requires(*scopes: Scope) -> Callable:
@@ -87,6 +91,24 @@ def pagination() -> tuple[int, int]:
     if not 0 <= offset <= MAX_OFFSET:
         raise BadRequest(f"offset must be between 0 and {MAX_OFFSET}, got {str(offset)[:40]}")
     return limit, offset
+
+
+def waypoint_page() -> tuple[int, float | None]:
+    """(limit, since) for /tracks: limit 1-10,000 (default 1,000); since, finite unix
+    seconds (fractions allowed), or None; else 400."""
+    limit = _int_arg("limit", DEFAULT_WAYPOINT_PAGE)
+    if not 1 <= limit <= MAX_WAYPOINT_PAGE:
+        raise BadRequest(f"limit must be between 1 and {MAX_WAYPOINT_PAGE}, got {limit}")
+    raw = request.args.get("since")
+    if raw is None:
+        return limit, None
+    try:
+        since = float(raw)
+    except ValueError:
+        since = math.nan
+    if not math.isfinite(since):
+        raise BadRequest(f"since must be unix seconds, got {raw[:40]!r}")
+    return limit, since
 
 
 def page(items: list, total: int, limit: int, offset: int) -> dict:

@@ -1,5 +1,9 @@
 """Device reads: last position, the current trip's waypoints, the latest trip's stats.
 
+The waypoints come a page at a time (`limit`, default 1,000, at most 10,000),
+in time order from `since` (exclusive); `next_since`, the exact time of the
+page's last waypoint, asks for the next page, so no answer grows with the trip.
+
 Times come out in the caller's `timezone` and `date_format`; naming an
 `instance_id` adds the device's display name and profile to the position.
 """
@@ -17,11 +21,12 @@ from quart_schema import (
     tag_blueprint,
 )
 
-from tracker.api import requires, time_style, visible_device
+from tracker.api import requires, time_style, visible_device, waypoint_page
 from tracker.api.schemas import (
     DevicePosition,
     DeviceReadQuery,
     DeviceTrack,
+    DeviceTrackQuery,
     PositionQuery,
     TripStats,
     document_errors,
@@ -90,15 +95,20 @@ async def _latest_trip(principal: Principal, device_token: str) -> Trip:
 
 
 @blueprint.get("/devices/<device_token>/tracks")
-@document_querystring(DeviceReadQuery)
+@document_querystring(DeviceTrackQuery)
 @document_response(DeviceTrack)
 @document_errors(400, 401, 403, 404)
 @operation_id("device_tracks")
 @requires("read", "admin")
 async def get_tracks(device_token: str, principal: Principal) -> dict:
+    limit, since = waypoint_page()
     trip = await _latest_trip(principal, device_token)
     style = time_style()
-    waypoints = await current().db.read(positions_store.of_trip, device_token, trip.track_token)
+    waypoints = await current().db.read(
+        positions_store.trip_page, device_token, trip.track_token, since, limit + 1
+    )
+    has_more = len(waypoints) > limit
+    del waypoints[limit:]
     gap = current().settings.trips.split_gap_seconds
     return {
         "device_token": device_token,
@@ -106,6 +116,8 @@ async def get_tracks(device_token: str, principal: Principal) -> dict:
         "active": trip.is_active(time.time(), gap),
         "count": len(waypoints),
         "waypoints": [position_fields(p, style) for p in waypoints],
+        "has_more": has_more,
+        "next_since": waypoints[-1].timestamp if has_more else None,
     }
 
 

@@ -31,7 +31,13 @@ from pydantic import BaseModel, ConfigDict, Field, RootModel
 from quart_schema import OpenAPIProvider, document_response
 from werkzeug.routing.rules import Rule
 
-from tracker.api import DEFAULT_PAGE_SIZE, MAX_OFFSET, MAX_PAGE_SIZE
+from tracker.api import (
+    DEFAULT_PAGE_SIZE,
+    DEFAULT_WAYPOINT_PAGE,
+    MAX_OFFSET,
+    MAX_PAGE_SIZE,
+    MAX_WAYPOINT_PAGE,
+)
 from tracker.ingest.native import MAX_BATCH_POSITIONS
 from tracker.models import MAX_TRACK_TOKEN_LENGTH, DisplayField
 from tracker.store.sessions import STATUSES
@@ -149,6 +155,18 @@ class PositionQuery(TimeStyleQuery):
 
 class DeviceReadQuery(TimeStyleQuery):
     instance_id: str = query("the device's instance (checked against the token)")
+
+
+class DeviceTrackQuery(DeviceReadQuery):
+    limit: int = query(
+        f"waypoints per page, 1-{MAX_WAYPOINT_PAGE:,} (default {DEFAULT_WAYPOINT_PAGE:,})",
+        ge=1,
+        le=MAX_WAYPOINT_PAGE,
+    )
+    since: float = query(
+        "only waypoints after this time (unix seconds, exclusive): the `next_since` of the"
+        " previous page"
+    )
 
 
 class InstanceQuery(BaseModel):
@@ -360,13 +378,17 @@ class DevicePosition(Waypoint):
 
 
 class DeviceTrack(Shape):
-    """The waypoints of the device's latest trip, in time order."""
+    """One page of the waypoints of the device's latest trip, in time order."""
 
     device_token: str
     track_token: str
     active: bool
-    count: int
+    count: int = Field(description="waypoints in this page")
     waypoints: list[Waypoint]
+    has_more: bool = Field(description="later waypoints remain: ask again with `since=next_since`")
+    next_since: float | None = Field(
+        description="exact unix time of this page's last waypoint when more remain, else null"
+    )
 
 
 class LatLon(Shape):

@@ -1,4 +1,9 @@
-"""The positions table: insert a checked batch, read the latest fix and a trip's fixes, prune."""
+"""The positions table: insert a checked batch, read the latest fix and a trip's fixes, prune.
+
+Every read of a trip's fixes is bounded: a fix's two neighbours in time (for
+the writer), or one page (for `/tracks`), each an index seek on
+`positions_trip` (device_token, track_token, ts), whatever the trip's length.
+"""
 
 from __future__ import annotations
 
@@ -14,6 +19,7 @@ _INSERT = (
     " accuracy, altitude, battery, valid, attributes, received_at)"
     " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
+_TIMESTAMPS_PER_QUERY = 500  # well under SQLite's bound-parameter limit
 _COLUMNS = (
     "ts, lat, lon, speed, heading, accuracy, altitude, battery, valid, attributes, track_token"
 )
@@ -48,13 +54,21 @@ def _position(row: sqlite3.Row) -> Position:
 
 
 def existing_timestamps(
-    conn: sqlite3.Connection, device_token: str, low: float, high: float
+    conn: sqlite3.Connection, device_token: str, timestamps: Iterable[float]
 ) -> set[float]:
-    rows = conn.execute(
-        "SELECT ts FROM positions WHERE device_token = ? AND ts BETWEEN ? AND ?",
-        (device_token, low, high),
-    )
-    return {row[0] for row in rows}
+    """Which of these timestamps the device already has a fix at (one seek each, not a
+    range scan: a request spanning a long trip costs its own size)."""
+    wanted = list(timestamps)
+    found: set[float] = set()
+    for low in range(0, len(wanted), _TIMESTAMPS_PER_QUERY):
+        chunk = wanted[low : low + _TIMESTAMPS_PER_QUERY]
+        rows = conn.execute(
+            "SELECT ts FROM positions WHERE device_token = ?"
+            f" AND ts IN ({', '.join('?' * len(chunk))})",
+            (device_token, *chunk),
+        )
+        found.update(row[0] for row in rows)
+    return found
 
 
 def insert_many(
@@ -131,13 +145,34 @@ def latest_for_instance(conn: sqlite3.Connection, instance_id: str) -> list[Devi
     ]
 
 
-def of_trip(
-    conn: sqlite3.Connection, device_token: str, track_token: str, since: float | None = None
+def neighbours(
+    conn: sqlite3.Connection, device_token: str, track_token: str, timestamp: float
+) -> tuple[Position | None, Position | None]:
+    """The trip's stored fixes just before and just after `timestamp`."""
+    where = "WHERE device_token = ? AND track_token = ? AND ts"
+    before = conn.execute(
+        f"SELECT {_COLUMNS} FROM positions {where} < ? ORDER BY ts DESC LIMIT 1",
+        (device_token, track_token, timestamp),
+    ).fetchone()
+    after = conn.execute(
+        f"SELECT {_COLUMNS} FROM positions {where} > ? ORDER BY ts LIMIT 1",
+        (device_token, track_token, timestamp),
+    ).fetchone()
+    return (_position(before) if before else None, _position(after) if after else None)
+
+
+def trip_page(
+    conn: sqlite3.Connection,
+    device_token: str,
+    track_token: str,
+    after: float | None,
+    limit: int,
 ) -> list[Position]:
+    """Up to `limit` of the trip's fixes later than `after` (all when None), in time order."""
     rows = conn.execute(
         f"SELECT {_COLUMNS} FROM positions WHERE device_token = ? AND track_token = ?"
-        " AND ts >= ? ORDER BY ts",
-        (device_token, track_token, since if since is not None else float("-inf")),
+        " AND ts > ? ORDER BY ts LIMIT ?",
+        (device_token, track_token, after if after is not None else float("-inf"), limit),
     ).fetchall()
     return [_position(row) for row in rows]
 
