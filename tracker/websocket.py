@@ -58,6 +58,7 @@ from hypercorn.trio.tcp_server import TCPServer
 
 from tracker import jsoncodec
 from tracker.hub import Mailbox, MailboxClosed, SlowConsumer
+from tracker.metrics import WebSocketMeter
 
 log = logging.getLogger("tracker.websocket")
 
@@ -153,6 +154,7 @@ class Connection:
         "ping_due",
         "cancel_scope",
         "_frames",
+        "meter",
     )
 
     def __init__(self, scope: dict, receive: Callable, send: Callable):
@@ -168,6 +170,17 @@ class Connection:
         self.ping_due = math.inf  # set by the keepalive
         self.cancel_scope: trio.CancelScope | None = None  # of run_connection
         self._frames: Callable[[list[Any]], Iterable[Frame]] | None = None  # of run_sender
+        self.meter: WebSocketMeter | None = None  # its endpoint's counters (`metered`)
+
+    @contextlib.contextmanager
+    def metered(self, meter: WebSocketMeter) -> Iterator[None]:
+        """Count this connection as open, and what it sends, on its endpoint's meter."""
+        self.meter = meter
+        meter.open.inc()
+        try:
+            yield
+        finally:
+            meter.open.dec()
 
     def header(self, name: bytes) -> str | None:
         """A request header of the handshake (name in lower case), or None."""
@@ -221,6 +234,8 @@ class Connection:
 
     async def send_frames(self, frames: list[Frame]) -> None:
         """Send framed messages in order, in one write when they can go straight out."""
+        if self.meter is not None:  # an Unsent rest was counted when it was first written
+            self.meter.sent.inc(len(frames) - isinstance(frames[0], Unsent))
         stream = self._stream
         if stream is None:
             for frame in frames:
@@ -277,11 +292,14 @@ class Connection:
             return
         items = mailbox.drain()
         try:
-            data = b"".join(frames(items))
+            rendered = list(frames(items))
         except Exception:
             log.exception("rendering for WebSocket client %s failed", self.client_address)
             self.end()
             return
+        if self.meter is not None:
+            self.meter.sent.inc(len(rendered))
+        data = b"".join(rendered)
         try:
             written = self._write_now(data)
         except Disconnected:
@@ -342,6 +360,8 @@ class Connection:
                 items = await self.mailbox.take()
             except SlowConsumer:
                 log.info("closing slow WebSocket consumer %s", self.client_address)
+                if self.meter is not None:
+                    self.meter.slow_closes.inc()
                 await self.close(SLOW_CONSUMER, "slow consumer")
                 return
             except MailboxClosed:
@@ -398,6 +418,8 @@ class Keepalive:
                         log.info(
                             "cutting WebSocket client %s: not reading", connection.client_address
                         )
+                        if connection.meter is not None:
+                            connection.meter.slow_closes.inc()
                         self._connections.discard(connection)
                         nursery.start_soon(_cut_off, connection)
                     elif now - connection.last_heard > 2 * interval:
