@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import errno
 import json
+import logging
 import os
 import signal
+import sqlite3
 import subprocess
 import time
 from pathlib import Path
@@ -24,7 +26,7 @@ import trio
 
 from tests.conftest import ServerProcess, bearer
 from tracker.errors import StorageUnavailable
-from tracker.store import Database, devices
+from tracker.store import Database, StorageFailures, devices
 from tracker.store import positions as positions_store
 
 DISK_BYTES = 4 * 1024 * 1024
@@ -212,3 +214,25 @@ async def test_a_full_disk_answers_503_then_recovers_with_nothing_lost(process, 
         " answered 503; log lines about it:",
         len(failure_lines),
     )
+
+
+def test_a_storm_of_failures_is_one_line_a_minute_per_kind(caplog):
+    now = [1000.0]
+    failures = StorageFailures(interval=60, clock=lambda: now[0])
+    full = sqlite3.OperationalError("database or disk is full")
+    caplog.set_level(logging.INFO, logger="tracker.store")
+    for _ in range(450):
+        failures.failed("disk full", full)
+        now[0] += 0.04  # 450 failures in 18 s
+    failures.failed("disk I/O error", sqlite3.OperationalError("disk I/O error"))
+    now[0] += 60
+    failures.failed("disk full", full)
+    failures.stored()
+    failures.stored()
+    lines = [record.getMessage() for record in caplog.records]
+    assert len(lines) == 4, lines
+    assert "disk full" in lines[0] and "more since" not in lines[0]
+    assert "disk I/O error" in lines[1]
+    assert "449 more since the last report" in lines[2]
+    assert lines[3] == "database stores again"
+    assert not any(record.exc_info for record in caplog.records)

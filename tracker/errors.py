@@ -93,7 +93,7 @@ class StorageUnavailable(TrackerError):
 
     def __init__(self, reason: str, retry_after_seconds: int = STORAGE_RETRY_AFTER_SECONDS):
         super().__init__(
-            f"the server cannot store data right now ({reason}); retry in {retry_after_seconds} s",
+            f"the database cannot store data now ({reason}); retry in {retry_after_seconds} s",
             headers={"Retry-After": str(retry_after_seconds)},
         )
         self.reason = reason

@@ -4,7 +4,9 @@ One `Metrics` per app, with its own `CollectorRegistry` (never the library's
 global one: tests build many apps, and each must count alone). The code
 paths that count hold it through the app's `Tracker` (tracker/context.py)
 and call a method or a pre-bound labelled child: a counter's `inc` costs
-about a microsecond, so nothing on a hot path looks a label up per position.
+about a microsecond (a lock), fine once per request or commit; nothing looks
+a label up per position, and the fan-out path, which writes to every
+subscriber, adds to plain integers instead (`WebSocketMeter`).
 
 What is counted where:
 - ingest requests by wire format (`native`, `osmand`, `owntracks`) and HTTP
@@ -13,7 +15,7 @@ What is counted where:
   commits: tracker/writer.py;
 - WebSocket connections open, messages sent and slow-consumer closes, by
   endpoint (`realtime`, `share`): tracker/app.py hands each connection its
-  endpoint's `WebSocketMeter`, and tracker/websocket.py counts;
+  endpoint's `WebSocketMeter`, and tracker/websocket.py adds to it;
 - requests refused by the share rate limit (tracker/api/share.py) or the
   per-address connection cap (tracker/connlimit.py);
 - share sessions active and the age of the newest position: read from the
@@ -26,8 +28,8 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 WEBSOCKET_ENDPOINTS = ("realtime", "share")
@@ -36,14 +38,50 @@ COMMIT_SECONDS_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 
 
 
 class WebSocketMeter:
-    """The counters of one WebSocket endpoint, bound once: what a connection increments."""
+    """The figures of one WebSocket endpoint, plain integers its connections add to.
+
+    The fan-out path writes to a thousand sockets per delivery: a prometheus
+    counter's `inc` (a lock, about a microsecond or more) per write would be
+    a visible share of it, an integer addition is not. Every change happens
+    on the event loop's thread; `WebSocketFigures` reads them at scrape time.
+    """
 
     __slots__ = ("open", "sent", "slow_closes")
 
-    def __init__(self, open: Gauge, sent: Counter, slow_closes: Counter):
-        self.open = open
-        self.sent = sent
-        self.slow_closes = slow_closes
+    def __init__(self) -> None:
+        self.open = 0
+        self.sent = 0
+        self.slow_closes = 0
+
+
+class WebSocketFigures(Collector):
+    """The WebSocket meters as metrics, by endpoint."""
+
+    def __init__(self, meters: dict[str, WebSocketMeter]):
+        self.meters = meters
+
+    def collect(self) -> Iterator[Metric]:
+        connections = GaugeMetricFamily(
+            "tracker_websocket_connections",
+            "WebSocket connections open, by endpoint.",
+            labels=["endpoint"],
+        )
+        sent = CounterMetricFamily(
+            "tracker_websocket_messages_sent",
+            "WebSocket messages (deliveries) sent, by endpoint: positions, batches and"
+            " control messages.",
+            labels=["endpoint"],
+        )
+        slow = CounterMetricFamily(
+            "tracker_websocket_slow_consumer_closes",
+            "WebSocket clients closed for falling behind (4009) or cut for not reading.",
+            labels=["endpoint"],
+        )
+        for endpoint, meter in self.meters.items():
+            connections.add_metric([endpoint], meter.open)
+            sent.add_metric([endpoint], meter.sent)
+            slow.add_metric([endpoint], meter.slow_closes)
+        yield from (connections, sent, slow)
 
 
 class StoreFigures(Collector):
@@ -103,33 +141,8 @@ class Metrics:
             buckets=COMMIT_SECONDS_BUCKETS,
             registry=registry,
         )
-        open_connections = Gauge(
-            "tracker_websocket_connections",
-            "WebSocket connections open, by endpoint.",
-            ["endpoint"],
-            registry=registry,
-        )
-        sent = Counter(
-            "tracker_websocket_messages_sent",
-            "WebSocket messages (deliveries) sent, by endpoint: positions, batches and"
-            " control messages.",
-            ["endpoint"],
-            registry=registry,
-        )
-        slow_closes = Counter(
-            "tracker_websocket_slow_consumer_closes",
-            "WebSocket clients closed for falling behind (4009) or cut for not reading.",
-            ["endpoint"],
-            registry=registry,
-        )
-        self.websockets = {
-            endpoint: WebSocketMeter(
-                open_connections.labels(endpoint),
-                sent.labels(endpoint),
-                slow_closes.labels(endpoint),
-            )
-            for endpoint in WEBSOCKET_ENDPOINTS
-        }
+        self.websockets = {endpoint: WebSocketMeter() for endpoint in WEBSOCKET_ENDPOINTS}
+        registry.register(WebSocketFigures(self.websockets))
         refused = Counter(
             "tracker_requests_refused",
             "Requests and WebSocket handshakes refused, by reason: the share rate limit or the"

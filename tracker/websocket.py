@@ -176,11 +176,11 @@ class Connection:
     def metered(self, meter: WebSocketMeter) -> Iterator[None]:
         """Count this connection as open, and what it sends, on its endpoint's meter."""
         self.meter = meter
-        meter.open.inc()
+        meter.open += 1
         try:
             yield
         finally:
-            meter.open.dec()
+            meter.open -= 1
 
     def header(self, name: bytes) -> str | None:
         """A request header of the handshake (name in lower case), or None."""
@@ -235,7 +235,7 @@ class Connection:
     async def send_frames(self, frames: list[Frame]) -> None:
         """Send framed messages in order, in one write when they can go straight out."""
         if self.meter is not None:  # an Unsent rest was counted when it was first written
-            self.meter.sent.inc(len(frames) - isinstance(frames[0], Unsent))
+            self.meter.sent += len(frames) - isinstance(frames[0], Unsent)
         stream = self._stream
         if stream is None:
             for frame in frames:
@@ -298,7 +298,7 @@ class Connection:
             self.end()
             return
         if self.meter is not None:
-            self.meter.sent.inc(len(rendered))
+            self.meter.sent += len(rendered)
         data = b"".join(rendered)
         try:
             written = self._write_now(data)
@@ -361,7 +361,7 @@ class Connection:
             except SlowConsumer:
                 log.info("closing slow WebSocket consumer %s", self.client_address)
                 if self.meter is not None:
-                    self.meter.slow_closes.inc()
+                    self.meter.slow_closes += 1
                 await self.close(SLOW_CONSUMER, "slow consumer")
                 return
             except MailboxClosed:
@@ -419,7 +419,7 @@ class Keepalive:
                             "cutting WebSocket client %s: not reading", connection.client_address
                         )
                         if connection.meter is not None:
-                            connection.meter.slow_closes.inc()
+                            connection.meter.slow_closes += 1
                         self._connections.discard(connection)
                         nursery.start_soon(_cut_off, connection)
                     elif now - connection.last_heard > 2 * interval:

@@ -43,20 +43,13 @@ security_scheme_blueprint(blueprint, [])  # public
 metrics_blueprint = Blueprint("metrics", __name__)
 
 
-def _answers(conn: sqlite3.Connection) -> bool:
-    return conn.execute("SELECT 1").fetchone()[0] == 1
-
-
 @blueprint.get("/health")
 @document_response(Health, 200)
 @document_response(Health, 503)
 @operation_id("health")
 async def health() -> tuple[dict, int]:
     tracker = current()
-    try:
-        database_ok = await tracker.db.read(_answers)
-    except Exception:
-        database_ok = False
+    database_ok = await tracker.db.can_read()
     storage_ok = database_ok and await tracker.db.can_store()
     body = {
         "status": "ok" if storage_ok else "degraded",

@@ -83,7 +83,7 @@ class StorageFailures:
             self._logged_at[reason] = now
             suppressed = self._suppressed.pop(reason, 0)
         log.error(
-            "database cannot store (%s: %s): answering 503 with Retry-After until it can%s",
+            "database cannot store now (%s: %s); writes are refused until it can%s",
             reason,
             error,
             f"; {suppressed} more since the last report" if suppressed else "",
@@ -209,9 +209,16 @@ class Database:
             except sqlite3.Error as error:
                 raise self._unavailable(error) from None
 
-    def check(self) -> bool:
-        """True when the file answers a query (for /health)."""
-        return self._writer.execute("SELECT 1").fetchone()[0] == 1
+    async def can_read(self) -> bool:
+        """Whether a reader connection answers a query (for /health)."""
+        try:
+            return await self.read(_answer)
+        except (sqlite3.Error, StorageUnavailable):
+            return False
+
+
+def _answer(conn: sqlite3.Connection) -> bool:
+    return conn.execute("SELECT 1").fetchone()[0] == 1
 
 
 def _touch_probe(conn: sqlite3.Connection, now: float) -> None:
