@@ -22,6 +22,8 @@ PREFIX = "/api/v1"
 PUBLIC = {
     "GET /api/v1/openapi.json",  # the API description
     "GET /api/v1/health",
+    "GET /api/v1/health/ready",
+    "GET /metrics",  # off by default; metrics.token is its credential (no instance data)
     "GET /api/v1/share/<share_token>",  # the share token is the credential
     "GET /ingest/osmand",  # the ingest key is the credential
     "POST /ingest/osmand",

@@ -68,8 +68,9 @@ HIDDEN = {
     "GET /static/share.css",
     "GET /static/share.js",
     "GET /static/leaflet/{filename}",
+    "GET /metrics",  # Prometheus' text format, for scrapers (README.md lists the metrics)
 }
-PUBLIC = {"GET /api/v1/health", "GET /api/v1/share/{share_token}"}
+PUBLIC = {"GET /api/v1/health", "GET /api/v1/health/ready", "GET /api/v1/share/{share_token}"}
 PHONE_APPS = {
     "GET /ingest/osmand": [{"osmandId": []}],
     "POST /ingest/osmand": [{"osmandId": []}],

@@ -28,6 +28,7 @@ from tracker.context import Tracker
 from tracker.errors import BadRequest, UnsupportedMediaType, register_error_handlers
 from tracker.expiry import run_sweeper
 from tracker.hub import Hub
+from tracker.metrics import Metrics
 from tracker.ratelimit import RateLimiter
 from tracker.retention import run_pruner
 from tracker.sendguard import GuardedResponses
@@ -115,13 +116,21 @@ def create_app(settings: Settings, db: Database | None = None) -> Quart:
     del app.make_response
     db = db or Database(settings.storage.path, settings.storage.synchronous)
     hub = Hub()
+    metrics = Metrics()
     tracker = Tracker(
         settings=settings,
         db=db,
         verifier=open_verifier(settings, db),
         hub=hub,
-        writer=Writer(db, hub, settings.trips.split_gap_seconds, settings.sharing.arrival_radius_m),
+        writer=Writer(
+            db,
+            hub,
+            settings.trips.split_gap_seconds,
+            settings.sharing.arrival_radius_m,
+            metrics,
+        ),
         share_limiter=RateLimiter(settings.sharing.rate_limit_per_minute),
+        metrics=metrics,
     )
     app.extensions["tracker"] = tracker
     register_error_handlers(app)
@@ -150,11 +159,16 @@ def create_app(settings: Settings, db: Database | None = None) -> Quart:
     ):
         app.register_blueprint(blueprint, url_prefix=prefix)
     app.register_blueprint(ingest.apps_blueprint)
+    app.register_blueprint(health.metrics_blueprint)  # GET /metrics: no API prefix
     app.register_blueprint(share_page.blueprint)  # the recipient's page: no API prefix
     tracker.websockets = WebSocketRouter(app.asgi_app, websocket_routes(tracker))
     app.asgi_app = ClientAddress(
         GuardedResponses(
-            PerAddressLimit(tracker.websockets, settings.server.max_connections_per_address)
+            PerAddressLimit(
+                tracker.websockets,
+                settings.server.max_connections_per_address,
+                metrics.refused_by_connection_cap,
+            )
         ),
         settings.server.trusted_proxies,
     )
@@ -194,12 +208,15 @@ def websocket_routes(tracker: Tracker) -> list[tuple[str, Handler]]:
     from tracker.api.share import share_stream
 
     prefix = re.escape(tracker.settings.server.api_prefix)
+    meters = tracker.metrics.websockets
 
     async def realtime(connection: Connection, params: dict[str, str]) -> None:
-        await realtime_stream(tracker, connection)
+        with connection.metered(meters["realtime"]):
+            await realtime_stream(tracker, connection)
 
     async def share_live(connection: Connection, params: dict[str, str]) -> None:
-        await share_stream(tracker, connection, params["token"])
+        with connection.metered(meters["share"]):
+            await share_stream(tracker, connection, params["token"])
 
     return [
         (f"{prefix}/ws/realtime", realtime),

@@ -20,6 +20,7 @@ from pathlib import Path
 from tracker import __version__
 from tracker.auth import SCOPES, AuthConfigError, parse_ttl
 from tracker.config import ConfigError, Settings, load_settings
+from tracker.errors import StorageUnavailable
 from tracker.models import DeviceToken, InstanceName, InvalidField, Profile, validated
 from tracker.store import Database, devices, instances
 
@@ -43,13 +44,18 @@ def _emit(args: argparse.Namespace, value: dict, text: str) -> None:
 
 
 def _open_database(settings: Settings) -> Database:
+    path = Path(settings.storage.path)
+    if not path.resolve().parent.is_dir():
+        raise CommandError(
+            f"cannot open the database {path}: the directory {path.resolve().parent} does not"
+            " exist; create it, or set storage.path (TRACKER_STORAGE_PATH)"
+        )
     try:
         return Database(settings.storage.path, settings.storage.synchronous)
-    except sqlite3.Error as error:
-        directory = Path(settings.storage.path).resolve().parent
+    except (sqlite3.Error, StorageUnavailable) as error:
         raise CommandError(
-            f"cannot open the database {settings.storage.path} ({error}): check that {directory}"
-            " exists and is writable, or set storage.path (TRACKER_STORAGE_PATH)"
+            f"cannot open the database {path} ({error}): check that {path.resolve().parent}"
+            " is writable and has free space, or set storage.path (TRACKER_STORAGE_PATH)"
         ) from None
 
 
@@ -276,6 +282,9 @@ def main(argv: list[str] | None = None) -> None:
         stream=sys.stderr,
     )
     logging.getLogger("httpx").setLevel(logging.WARNING)
+    if args.handler not in (cmd_serve, cmd_demo):
+        # A command says what went wrong in its own one line (below).
+        logging.getLogger("tracker.store").setLevel(logging.CRITICAL)
     try:
         settings = load_settings(args.config)
         args.handler(args, settings)
@@ -285,8 +294,8 @@ def main(argv: list[str] | None = None) -> None:
     except (ConfigError, AuthConfigError) as error:
         print(f"tracker: {error}", file=sys.stderr)
         raise SystemExit(2) from None
-    except sqlite3.Error as error:  # e.g. the disk is full under a command's write
-        print(f"tracker: the database could not be written: {error}", file=sys.stderr)
+    except (StorageUnavailable, sqlite3.Error) as error:  # e.g. the disk is full
+        print(f"tracker: {error}", file=sys.stderr)
         raise SystemExit(1) from None
     except KeyboardInterrupt:
         raise SystemExit(130) from None

@@ -109,6 +109,11 @@ class UserServiceSettings(_Section):
     timeout_seconds: float = Field(5, gt=0)
 
 
+class MetricsSettings(_Section):
+    enabled: bool = False
+    token: str = ""  # when set, GET /metrics needs `Authorization: Bearer <token>`
+
+
 class Settings(_Section):
     server: ServerSettings = ServerSettings()
     storage: StorageSettings = StorageSettings()
@@ -118,6 +123,7 @@ class Settings(_Section):
     sharing: SharingSettings = SharingSettings()
     realtime: RealtimeSettings = RealtimeSettings()
     user_service: UserServiceSettings = UserServiceSettings()
+    metrics: MetricsSettings = MetricsSettings()
 
     def replace(self, **sections: dict) -> Settings:
         """A copy with some keys changed, e.g. replace(server={"port": 0})."""

@@ -15,16 +15,19 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable
 
+from prometheus_client import Counter as MetricCounter
+
 from tracker.errors import error_body
 
 RETRY_AFTER_SECONDS = "5"
 
 
 class PerAddressLimit:
-    def __init__(self, inner: Callable, max_per_address: int):
+    def __init__(self, inner: Callable, max_per_address: int, refused: MetricCounter | None = None):
         self.inner = inner
         self.max_per_address = max_per_address
         self.active: Counter[str] = Counter()
+        self.refused = refused  # counts the refusals (tracker/metrics.py)
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
         if scope["type"] not in ("http", "websocket") or not self.max_per_address:
@@ -33,6 +36,8 @@ class PerAddressLimit:
         client = scope.get("client")
         address = client[0] if client else "?"
         if self.active[address] >= self.max_per_address:
+            if self.refused is not None:
+                self.refused.inc()
             await _refuse(scope, receive, send)
             return
         self.active[address] += 1

@@ -1,4 +1,4 @@
-"""What one running app shares: settings, store, token verifier, hub, writer, keepalive.
+"""What one running app shares: settings, store, token verifier, hub, writer, keepalive, metrics.
 
 Routes reach it with `current()`; tests reach it through `app.extensions`.
 There is one per app and none at module level.
@@ -15,6 +15,7 @@ from quart import current_app
 from tracker.auth import TokenVerifier
 from tracker.config import Settings
 from tracker.hub import Hub
+from tracker.metrics import Metrics
 from tracker.ratelimit import RateLimiter
 from tracker.store import Database
 from tracker.websocket import Keepalive, WebSocketRouter
@@ -29,6 +30,7 @@ class Tracker:
     hub: Hub
     writer: Writer
     share_limiter: RateLimiter
+    metrics: Metrics = field(default_factory=Metrics)
     keepalive: Keepalive = field(default_factory=Keepalive)
     websockets: WebSocketRouter | None = None  # set by the app factory
     started_at: float = field(default_factory=time.monotonic)

@@ -79,6 +79,26 @@ class RateLimited(TrackerError):
         )
 
 
+STORAGE_RETRY_AFTER_SECONDS = 30
+
+
+class StorageUnavailable(TrackerError):
+    """The database cannot store now (disk full, I/O error, locked too long): retry later.
+
+    Raised by the store's doors (tracker/store/__init__.py), which log it; the
+    phone apps resend on any answer but 2xx, so a 503 with Retry-After loses nothing.
+    """
+
+    status, code = 503, "storage_unavailable"
+
+    def __init__(self, reason: str, retry_after_seconds: int = STORAGE_RETRY_AFTER_SECONDS):
+        super().__init__(
+            f"the database cannot store data now ({reason}); retry in {retry_after_seconds} s",
+            headers={"Retry-After": str(retry_after_seconds)},
+        )
+        self.reason = reason
+
+
 def error_body(code: str, message: str, details: object = None) -> bytes:
     error: dict[str, object] = {"code": code, "message": message}
     if details is not None:

@@ -8,10 +8,12 @@ stored status catch up, so lists and filters agree, and publishes
 
 from __future__ import annotations
 
+import contextlib
 import time
 
 import trio
 
+from tracker.errors import StorageUnavailable
 from tracker.hub import Hub, session_topic
 from tracker.sharing import SessionEnded
 from tracker.store import Database
@@ -29,5 +31,6 @@ async def sweep_once(db: Database, hub: Hub, now: float | None = None) -> list[s
 
 async def run_sweeper(db: Database, hub: Hub) -> None:
     while True:
-        await sweep_once(db, hub)
+        with contextlib.suppress(StorageUnavailable):  # the store logged it; next round retries
+            await sweep_once(db, hub)
         await trio.sleep(SWEEP_EVERY_SECONDS)

@@ -8,11 +8,13 @@ is. `retention_days = 0` keeps everything.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 
 import trio
 
+from tracker.errors import StorageUnavailable
 from tracker.store import Database
 from tracker.store import positions as positions_store
 from tracker.store import trips as trips_store
@@ -43,5 +45,6 @@ async def run_pruner(db: Database, retention_days: int) -> None:
     if retention_days <= 0:
         return
     while True:
-        await prune_once(db, retention_days)
+        with contextlib.suppress(StorageUnavailable):  # the store logged it; next round retries
+            await prune_once(db, retention_days)
         await trio.sleep(PRUNE_EVERY_SECONDS)

@@ -58,6 +58,7 @@ from hypercorn.trio.tcp_server import TCPServer
 
 from tracker import jsoncodec
 from tracker.hub import Mailbox, MailboxClosed, SlowConsumer
+from tracker.metrics import WebSocketMeter
 from tracker.sendguard import CLIENT_GONE_ERRORS
 
 log = logging.getLogger("tracker.websocket")
@@ -154,6 +155,7 @@ class Connection:
         "ping_due",
         "cancel_scope",
         "_frames",
+        "meter",
     )
 
     def __init__(self, scope: dict, receive: Callable, send: Callable):
@@ -169,6 +171,17 @@ class Connection:
         self.ping_due = math.inf  # set by the keepalive
         self.cancel_scope: trio.CancelScope | None = None  # of run_connection
         self._frames: Callable[[list[Any]], Iterable[Frame]] | None = None  # of run_sender
+        self.meter: WebSocketMeter | None = None  # its endpoint's counters (`metered`)
+
+    @contextlib.contextmanager
+    def metered(self, meter: WebSocketMeter) -> Iterator[None]:
+        """Count this connection as open, and what it sends, on its endpoint's meter."""
+        self.meter = meter
+        meter.open += 1
+        try:
+            yield
+        finally:
+            meter.open -= 1
 
     def header(self, name: bytes) -> str | None:
         """A request header of the handshake (name in lower case), or None."""
@@ -229,6 +242,8 @@ class Connection:
 
     async def send_frames(self, frames: list[Frame]) -> None:
         """Send framed messages in order, in one write when they can go straight out."""
+        if self.meter is not None:  # an Unsent rest was counted when it was first written
+            self.meter.sent += len(frames) - isinstance(frames[0], Unsent)
         stream = self._stream
         if stream is None:
             for frame in frames:
@@ -287,11 +302,14 @@ class Connection:
             return
         items = mailbox.drain()
         try:
-            data = b"".join(frames(items))
+            rendered = list(frames(items))
         except Exception:
             log.exception("rendering for WebSocket client %s failed", self.client_address)
             self.end()
             return
+        if self.meter is not None:
+            self.meter.sent += len(rendered)
+        data = b"".join(rendered)
         try:
             written = self._write_now(data)
         except Disconnected:
@@ -352,6 +370,8 @@ class Connection:
                 items = await self.mailbox.take()
             except SlowConsumer:
                 log.info("closing slow WebSocket consumer %s", self.client_address)
+                if self.meter is not None:
+                    self.meter.slow_closes += 1
                 await self.close(SLOW_CONSUMER, "slow consumer")
                 return
             except MailboxClosed:
@@ -408,6 +428,8 @@ class Keepalive:
                         log.info(
                             "cutting WebSocket client %s: not reading", connection.client_address
                         )
+                        if connection.meter is not None:
+                            connection.meter.slow_closes += 1
                         self._connections.discard(connection)
                         nursery.start_soon(_cut_off, connection)
                     elif now - connection.last_heard > 2 * interval:

@@ -29,7 +29,9 @@ from dataclasses import dataclass, field
 
 import trio
 
+from tracker.errors import StorageUnavailable
 from tracker.hub import Hub, LiveFix, session_topic
+from tracker.metrics import Metrics
 from tracker.models import Position
 from tracker.profiles import display_value
 from tracker.sharing import SessionEnded, config_of, has_arrived
@@ -66,8 +68,16 @@ class _Request:
 
 
 class Writer:
-    def __init__(self, db: Database, hub: Hub, split_gap_seconds: float, arrival_radius_m: float):
+    def __init__(
+        self,
+        db: Database,
+        hub: Hub,
+        split_gap_seconds: float,
+        arrival_radius_m: float,
+        metrics: Metrics | None = None,
+    ):
         self.db = db
+        self.metrics = metrics or Metrics()
         self.hub = hub
         self.split_gap_seconds = split_gap_seconds
         self.arrival_radius_m = arrival_radius_m
@@ -100,6 +110,7 @@ class Writer:
             await self._commit(batch)
 
     async def _commit(self, batch: list[_Request]) -> None:
+        started = time.perf_counter()
         try:
             results, live, arrived = await self.db.write(
                 commit_batch,
@@ -109,11 +120,18 @@ class Writer:
                 time.time(),
             )
         except Exception as error:  # answered as a 5xx by the caller; nothing was stored
-            log.exception("commit of %d ingest requests failed", len(batch))
+            if not isinstance(error, StorageUnavailable):  # that one the store has logged
+                log.exception("commit of %d ingest requests failed", len(batch))
+            self.metrics.commit_failed()
             for request in batch:
                 request.error = error
                 request.done.set()
             return
+        self.metrics.committed(
+            sum(len(r.positions) for r in batch),
+            sum(r.accepted for r in results if isinstance(r, IngestResult)),
+            time.perf_counter() - started,
+        )
         for request, result in zip(batch, results, strict=True):
             if isinstance(result, Exception):
                 request.error = result

@@ -4,6 +4,8 @@ Each authenticates its own way (a JWT or `X-Ingest-Key`; the OsmAnd `id`;
 OwnTracks' Basic auth), parses its wire format (tracker/ingest/) into
 validated positions, and hands them to the writer, answering only once they
 are committed. A wrong or unknown key is refused and logged, without the key.
+Every answer, errors included, is counted by wire format and status
+(tracker/metrics.py).
 """
 
 from __future__ import annotations
@@ -52,6 +54,26 @@ apps_blueprint = Blueprint("ingest_apps", __name__)  # phone apps, at fixed path
 tag_blueprint(api_blueprint, ["ingest"])
 security_scheme_blueprint(api_blueprint, [{"bearer": []}, {"ingestKey": []}])
 tag_blueprint(apps_blueprint, ["phone apps"])
+
+
+# The wire format of each ingest route, for the metrics.
+_FORMATS = {
+    "ingest_api.post_positions": "native",
+    "ingest_apps.osmand": "osmand",
+    "ingest_apps.osmand_port_root": "osmand",
+    "ingest_apps.owntracks": "owntracks",
+}
+
+
+@api_blueprint.after_request
+@apps_blueprint.after_request
+async def _count_answer(response: Response) -> Response:
+    wire_format = _FORMATS.get(request.endpoint or "")
+    if wire_format is not None and (
+        request.endpoint != "ingest_apps.osmand_port_root" or _on_osmand_listener()
+    ):
+        current().metrics.ingest_answered(wire_format, response.status_code)
+    return response
 
 
 def _client() -> str:
@@ -171,10 +193,14 @@ async def osmand() -> Response:
 @hide  # the same as /ingest/osmand, on the OsmAnd listener only
 async def osmand_port_root() -> Response:
     """`/` of the OsmAnd listener (ingest.osmand_port), where Traccar Client posts by default."""
-    port = current().settings.ingest.osmand_port
-    if not port or request.server is None or request.server[1] != port:
+    if not _on_osmand_listener():
         raise NotFound("nothing here; the API is under the configured prefix")
     return await _osmand()
+
+
+def _on_osmand_listener() -> bool:
+    port = current().settings.ingest.osmand_port
+    return bool(port) and request.server is not None and request.server[1] == port
 
 
 # -- OwnTracks ---------------------------------------------------------------

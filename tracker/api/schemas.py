@@ -16,8 +16,9 @@ its status; `document_errors(401, 404, ...)` attaches it to a route.
 
 `TrackerOpenAPIProvider` builds the document: quart-schema's provider, plus
 answers without a body (`NoContent`), response headers in their proper place,
-each error status described by its HTTP name, and the 429 every route may
-answer (the per-address connection cap, tracker/connlimit.py).
+each error status described by its HTTP name, the 429 every route may
+answer (the per-address connection cap, tracker/connlimit.py) and the 503
+(the database cannot store now: `StorageUnavailable`, tracker/errors.py).
 """
 
 from __future__ import annotations
@@ -97,6 +98,7 @@ ErrorCode = Literal[
     "unsupported_media_type",
     "invalid",
     "rate_limited",
+    "storage_unavailable",
     "internal",
     "error",
 ]
@@ -129,7 +131,7 @@ def document_errors(*statuses: int) -> Callable[[T], T]:
 
     def decorator(func: T) -> T:
         for status in statuses:
-            headers = RetryAfter if status == 429 else None
+            headers = RetryAfter if status in (429, 503) else None
             func = document_response(ErrorResponse, status, headers)(func)
         return func
 
@@ -260,8 +262,18 @@ class Health(Shape):
 
     status: Literal["ok", "degraded"]
     version: str
-    database: Literal["ok", "error"]
+    database: Literal["ok", "error"] = Field(description="whether the database answers a read")
+    storage: Literal["ok", "unavailable"] = Field(
+        description="whether a write commits now (`unavailable`: disk full, I/O error, ...)"
+    )
     uptime_seconds: float
+
+
+class Readiness(Shape):
+    """Whether the server can take traffic: `ready` (200) once a write commits, else 503."""
+
+    status: Literal["ready", "unavailable"]
+    message: str = omitted(description="why not, when unavailable")
 
 
 class Instance(Shape):
@@ -546,6 +558,12 @@ class TrackerOpenAPIProvider(OpenAPIProvider):
                 if 429 not in responses:
                     # Any route, past server.max_connections_per_address (tracker/connlimit.py).
                     responses[429], definitions = self.build_response_object(
+                        ErrorResponse, RetryAfter
+                    )
+                    components.update(definitions)
+                if 503 not in responses:
+                    # Any route, when the database cannot store or read (disk full, I/O error).
+                    responses[503], definitions = self.build_response_object(
                         ErrorResponse, RetryAfter
                     )
                     components.update(definitions)

@@ -81,6 +81,7 @@ async def find_session(tracker: Tracker, token: str, address: str) -> ShareSessi
     """The active session of a share token, charging the caller's rate limit."""
     wait = tracker.share_limiter.take(address)
     if wait:
+        tracker.metrics.refused_by_rate_limit.inc()
         raise RateLimited(wait)
     session = None
     if looks_like_share_token(token):

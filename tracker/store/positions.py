@@ -205,3 +205,8 @@ def prune(conn: sqlite3.Connection, before: float, limit: int) -> int:
         " LIMIT ?)",
         (before, limit),
     ).rowcount
+
+
+def newest_timestamp(conn: sqlite3.Connection, now: float) -> float | None:
+    """When the newest stored fix not dated after now was taken (for the metrics)."""
+    return conn.execute("SELECT max(ts) FROM positions WHERE ts <= ?", (now,)).fetchone()[0]

@@ -184,3 +184,10 @@ def active_for_devices(
         [*tokens, now],
     ).fetchall()
     return [_session(row) for row in rows]
+
+
+def count_active(conn: sqlite3.Connection, now: float) -> int:
+    """Sessions active now, in every instance (for the metrics)."""
+    return conn.execute(
+        "SELECT count(*) FROM share_sessions WHERE status = 'active' AND expires_at > ?", (now,)
+    ).fetchone()[0]
