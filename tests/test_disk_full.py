@@ -17,6 +17,7 @@ import os
 import signal
 import sqlite3
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -25,8 +26,7 @@ import pytest
 import trio
 
 from tests.conftest import ServerProcess, bearer
-from tracker.errors import StorageUnavailable
-from tracker.store import Database, StorageFailures, devices
+from tracker.store import Database, StorageFailures
 from tracker.store import positions as positions_store
 
 DISK_BYTES = 4 * 1024 * 1024
@@ -167,14 +167,18 @@ async def test_a_full_disk_answers_503_then_recovers_with_nothing_lost(process, 
         assert health.json()["status"] == "degraded"
         assert health.json()["storage"] == "unavailable"
 
-        # The command line meets the same error, which it can print in one line.
-        with pytest.raises(StorageUnavailable) as raised:
-            db = Database(small_disk / "tracker.db")
-            try:
-                db.write_sync(devices.create, instance_id, "added-while-full", {})
-            finally:
-                db.close()
-        assert raised.value.status == 503
+        # The command line meets the same error, and says so in one line.
+        added = subprocess.run(
+            [sys.executable, "-m", "tracker", "device", "add", "--instance", instance_id],
+            cwd=process.workdir,
+            env=process.env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert added.returncode == 1
+        assert added.stderr.startswith("tracker: the database cannot store data now")
+        assert len(added.stderr.strip().splitlines()) == 1, added.stderr
 
         log = (process.workdir / "server.log").read_text()
         assert "Traceback" not in log
