@@ -212,6 +212,20 @@ def cmd_token_create(args: argparse.Namespace, settings: Settings) -> None:
     _emit(args, {"token": token, "scope": args.scope, "expires_in_seconds": ttl}, token)
 
 
+def cmd_backup(args: argparse.Namespace, settings: Settings) -> None:
+    from tracker.store.backup import BackupError, backup_database
+
+    try:
+        done = backup_database(settings.storage.path, args.path, overwrite=args.force)
+    except BackupError as error:
+        raise CommandError(str(error)) from None
+    _emit(
+        args,
+        {"path": str(done.path), "size_bytes": done.size_bytes, "positions": done.positions},
+        f"{done.path}: {done.size_bytes} bytes, {done.positions} positions, integrity ok",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
@@ -265,6 +279,12 @@ def build_parser() -> argparse.ArgumentParser:
     mint.add_argument("--ttl", default="30d", help="lifetime, e.g. 30d, 12h (default 30d)")
     mint.add_argument("--device", help="bind an ingest token to one device")
     mint.add_argument("--subject", default="cli", help="the token's sub claim (default: cli)")
+
+    backup = command(
+        commands, "backup", cmd_backup, "copy the database to PATH, safe while the server runs"
+    )
+    backup.add_argument("path", help="the backup file to write")
+    backup.add_argument("--force", action="store_true", help="replace PATH if it exists")
     return parser
 
 

@@ -15,6 +15,11 @@ Content-Security-Policy: scripts and styles from this server only (no inline
 code at all), images from this server, `data:` and the tile host, connections
 to this server (HTTP and its ws/wss form), no framing.
 
+The files are found through `importlib.resources` as the package
+`tracker.static`: static/ at the repository's top level, mapped into the
+package by pyproject.toml, so a checkout and an installed wheel read the same
+files.
+
 Leaflet comes from the XStatic-Leaflet package and is served here under
 `/static/leaflet/`: the page loads no third-party script. Its files are
 versioned by a `?v=` query, so they may be cached for long; share.js and
@@ -24,6 +29,7 @@ share.css are revalidated (ETag) on every load.
 from __future__ import annotations
 
 import hashlib
+from importlib.resources import files
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -39,7 +45,8 @@ from tracker.context import current
 
 blueprint = Blueprint("share_page", __name__)
 
-STATIC_DIR = Path(__file__).resolve().parents[2] / "static"
+# pip unpacks a wheel, so the package is a real directory, which send_from_directory needs.
+STATIC_DIR = Path(files("tracker.static"))
 LEAFLET_DIR = Path(xstatic_leaflet.BASE_DIR)
 LEAFLET_VERSION = xstatic_leaflet.VERSION
 CONFIG_PLACEHOLDER = "{{share_config}}"
