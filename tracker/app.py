@@ -90,6 +90,7 @@ def create_app(settings: Settings, db: Database | None = None) -> Quart:
         },
         tags=[
             {"name": "health", "description": "Is the service up (public)"},
+            {"name": "auth", "description": "Signing in to get a token (console users)"},
             {"name": "instances", "description": "Instances (fleets) a token may see"},
             {"name": "devices", "description": "Registering devices and their ingest keys"},
             {"name": "metadata", "description": "Devices' display names and profiles"},
@@ -126,6 +127,8 @@ def create_app(settings: Settings, db: Database | None = None) -> Quart:
     register_error_handlers(app)
 
     from tracker.api import (
+        auth,
+        console_page,
         devices,
         health,
         ingest,
@@ -139,6 +142,7 @@ def create_app(settings: Settings, db: Database | None = None) -> Quart:
 
     for blueprint in (
         health.blueprint,
+        auth.blueprint,
         instances.blueprint,
         devices.blueprint,
         metadata.blueprint,
@@ -148,6 +152,7 @@ def create_app(settings: Settings, db: Database | None = None) -> Quart:
         share.blueprint,
     ):
         app.register_blueprint(blueprint, url_prefix=prefix)
+    app.register_blueprint(console_page.blueprint)  # `/`: before the OsmAnd listener's root
     app.register_blueprint(ingest.apps_blueprint)
     app.register_blueprint(share_page.blueprint)  # the recipient's page: no API prefix
     tracker.websockets = WebSocketRouter(app.asgi_app, websocket_routes(tracker))

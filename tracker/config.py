@@ -62,6 +62,7 @@ class AuthSettings(_Section):
     jwt_public_key_file: str = ""
     max_token_lifetime_days: int = Field(365, ge=1, le=3650)
     clock_leeway_seconds: float = Field(5, ge=0, le=300)
+    session_hours: float = Field(12, gt=0, le=24 * 366)
 
 
 class IngestSettings(_Section):
@@ -90,6 +91,10 @@ class RealtimeSettings(_Section):
     fanout_interval_seconds: float = Field(0.025, ge=0, le=5)
 
 
+class ConsoleSettings(_Section):
+    offline_after_seconds: float = Field(600, gt=0)
+
+
 class UserServiceSettings(_Section):
     url: str = ""
     token: str = ""
@@ -105,6 +110,7 @@ class Settings(_Section):
     sharing: SharingSettings = SharingSettings()
     realtime: RealtimeSettings = RealtimeSettings()
     user_service: UserServiceSettings = UserServiceSettings()
+    console: ConsoleSettings = ConsoleSettings()
 
     def replace(self, **sections: dict) -> Settings:
         """A copy with some keys changed, e.g. replace(server={"port": 0})."""
