@@ -363,7 +363,8 @@
   function upsert(token, update) {
     var device = devices[token];
     if (!device) {
-      device = devices[token] = { token: token, data: { name: token, fix: null, track: null } };
+      var name = update.name || token;
+      device = devices[token] = { token: token, data: { name: name, fix: null, track: null } };
       device.item = listItem(device);
       insertSorted(device);
     }
