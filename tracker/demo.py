@@ -25,12 +25,12 @@ from functools import partial
 import httpx
 import trio
 
+from tracker.accounts import hash_password
 from tracker.app import create_app
 from tracker.config import Settings
 from tracker.context import Tracker
 from tracker.geo import haversine_m, initial_bearing_deg
 from tracker.server import log_serving, serve
-from tracker.accounts import hash_password
 from tracker.store import devices, instances, users
 
 DEMO_INSTANCE_NAME = "Demo fleet"
