@@ -201,6 +201,7 @@
     $("sign-out").hidden = name === "sign-in";
     $("who").hidden = name === "sign-in";
     $("connection").hidden = name !== "console";
+    $("instance-name").hidden = name !== "console";
   }
 
   function onSignIn(event) {
@@ -251,9 +252,18 @@
       return;
     }
     showMessage("instance-error", "");
-    session.instance_id = id;
-    saveSession();
-    begin();
+    request("GET", "/instances/" + encodeURIComponent(id))
+      .then(function () {
+        session.instance_id = id;
+        saveSession();
+        begin();
+      })
+      .catch(function (error) {
+        showMessage(
+          "instance-error",
+          error.status === 404 ? "There is no instance with this id." : error.message
+        );
+      });
   }
 
   function signOut(notice) {
@@ -305,6 +315,13 @@
       return;
     }
     showView("console");
+    request("GET", "/instances/" + encodeURIComponent(session.instance_id))
+      .then(function (instance) {
+        setText("instance-name", instance.name);
+      })
+      .catch(function () {
+        setText("instance-name", "");
+      });
     ensureMap();
     setConnection("connecting");
     loadDevices(true)

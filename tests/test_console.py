@@ -12,6 +12,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -75,6 +76,13 @@ def tracker(tmp_path_factory, tile_server) -> Iterator[Tracker]:  # noqa: F811
         ]
         for index, van in enumerate(tracker.vans):
             tracker.drive(van, (FAR[0] + index * 0.01, FAR[1] + index * 0.01), heading=90.0)
+        tracker.parked = tracker.add_device("Dee Parked")  # last heard of an hour ago
+        response = tracker.http.post(
+            f"/api/v1/devices/{tracker.parked[0]}/positions",
+            json={"latitude": FAR[0] - 0.01, "longitude": FAR[1], "timestamp": time.time() - 3600},
+            headers={"X-Ingest-Key": tracker.parked[1]},
+        )
+        assert response.status_code == 201, response.text
         yield tracker
 
 
@@ -156,7 +164,12 @@ def test_dispatcher_signs_in_and_watches_every_vehicle_move(tracker, desktop):
     for name in ("Ada Lovelace", "Ben Okri", "Cy Twombly"):
         expect(page.locator(".device-name", has_text=name)).to_be_visible()
         expect(page.locator(".vehicle-label", has_text=name)).to_be_visible()
-    expect(page.locator("#device-count")).to_have_text("3 vehicles")
+    expect(page.locator("#device-count")).to_have_text("4 vehicles")
+    expect(page.locator("#instance-name")).to_have_text("Share page")
+    parked = tracker.parked[0]
+    expect(list_item(page, parked)).to_contain_text("Offline")
+    expect(list_item(page, parked)).to_contain_text("last seen 1 h 0 min ago")
+    expect(marker(page, parked)).to_have_class(re.compile(r"\boffline\b"))  # greyed
 
     van = tracker.vans[0]
     seen = list_item(page, van[0]).locator(".device-seen")
@@ -276,6 +289,10 @@ def test_viewer_sees_the_fleet_but_cannot_share(tracker, desktop):
 @pytest.mark.browser
 def test_wrong_password_is_refused_then_throttled(tracker, desktop):
     add_user(tracker, "forgetful", "admin")
+    page = desktop.page
+    page.goto(tracker.url + "/")
+    page.get_by_role("button", name="Sign in").click()
+    expect(page.locator("#sign-in-error")).to_have_text("Enter your username and password.")
     page = desktop.sign_in(tracker, "forgetful", "not the password")
     expect(page.locator("#sign-in-error")).to_have_text("Wrong username or password.")
     for _ in range(4):
@@ -290,6 +307,48 @@ def test_wrong_password_is_refused_then_throttled(tracker, desktop):
     save_screenshot(page, "console-throttled.png")
     # Chromium logs each refused fetch (401, 429) itself; the page logs nothing.
     assert all("401" in e or "429" in e for e in desktop.errors), desktop.errors
+
+
+@pytest.mark.browser
+def test_positions_keep_arriving_by_polling_when_the_websocket_fails(tracker, desktop):
+    attempts: list[float] = []
+    blocked = True
+
+    def realtime(ws) -> None:
+        attempts.append(time.monotonic())
+        if blocked:
+            ws.close(code=1011, reason="blocked by the test")
+        else:
+            ws.connect_to_server()
+
+    page = desktop.page
+    page.route_web_socket(re.compile(r"/ws/realtime$"), realtime)
+    desktop.sign_in(tracker, "dispatch")
+    expect(page.locator("body")).to_have_attribute("data-connection", "polling")
+    expect(page.locator("#connection")).to_have_text("Updating every 5 s")
+    van = tracker.vans[2]
+    tracker.drive(van, (51.53, -0.05), heading=270.0)
+    expect(marker(page, van[0])).to_have_attribute("data-lat", "51.53", timeout=12000)
+    expect(marker(page, van[0])).to_have_attribute("data-heading", "270")
+    assert len(attempts) >= 2, "the page retried the WebSocket"
+    blocked = False
+    expect(page.locator("body")).to_have_attribute("data-connection", "live", timeout=15000)
+    tracker.drive(van, (51.535, -0.05), heading=0.0)
+    expect(marker(page, van[0])).to_have_attribute("data-lat", "51.535")
+    desktop.assert_no_console_errors()
+
+
+@pytest.mark.browser
+def test_super_admin_chooses_the_fleet(tracker, desktop):
+    add_user(tracker, "root", "admin", instance="*")
+    page = desktop.sign_in(tracker, "root")
+    page.get_by_label("Instance id").fill("not-an-instance")
+    page.get_by_role("button", name="Open").click()
+    expect(page.locator("#instance-error")).to_have_text("There is no instance with this id.")
+    page.get_by_label("Instance id").fill(tracker.instance_id)
+    page.get_by_role("button", name="Open").click()
+    expect(page.locator("#device-count")).to_have_text("4 vehicles")
+    desktop.assert_no_console_errors(allowed="404")
 
 
 @pytest.mark.browser
