@@ -560,12 +560,33 @@
     return map;
   }
 
+  var SVG = "http://www.w3.org/2000/svg";
+
+  // An arrow that turns with the heading, or a dot for a fix without one.
+  function vehicleDrawing() {
+    var drawing = document.createElementNS(SVG, "svg");
+    drawing.setAttribute("viewBox", "0 0 24 24");
+    drawing.setAttribute("aria-hidden", "true");
+    var arrow = document.createElementNS(SVG, "path");
+    arrow.setAttribute("d", "M12 1.5 20.5 21.5 12 17 3.5 21.5Z");
+    arrow.setAttribute("class", "vehicle-shape vehicle-pointer");
+    var dot = document.createElementNS(SVG, "circle");
+    dot.setAttribute("cx", "12");
+    dot.setAttribute("cy", "12");
+    dot.setAttribute("r", "7.5");
+    dot.setAttribute("class", "vehicle-shape vehicle-dot");
+    drawing.appendChild(arrow);
+    drawing.appendChild(dot);
+    return drawing;
+  }
+
   function markerIcon(device) {
     var root = document.createElement("div");
     root.className = "vehicle";
     root.dataset.token = device.token;
     var arrow = document.createElement("div");
     arrow.className = "vehicle-arrow";
+    arrow.appendChild(vehicleDrawing());
     var label = document.createElement("span");
     label.className = "vehicle-label";
     root.appendChild(arrow);
@@ -599,7 +620,10 @@
     element.classList.toggle("no-heading", !hasHeading);
     if (hasHeading) {
       element.dataset.heading = String(heading);
-      element.querySelector(".vehicle-arrow").style.transform = "rotate(" + heading + "deg)";
+      // Turn the short way: 350° to 10° is 20° clockwise, not 340° back.
+      var last = device.rotation === undefined ? heading : device.rotation;
+      device.rotation = last + ((((heading - last) % 360) + 540) % 360) - 180;
+      element.querySelector(".vehicle-arrow").style.transform = "rotate(" + device.rotation + "deg)";
     } else {
       delete element.dataset.heading;
       element.querySelector(".vehicle-arrow").style.transform = "";

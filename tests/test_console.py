@@ -8,8 +8,10 @@ command. Without Chromium the tests skip, except in CI, where they fail.
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -19,6 +21,7 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
+from tests.conftest import free_port
 from tests.test_share_page import (
     ARTIFACTS,
     CHROMIUM,
@@ -141,6 +144,20 @@ def phone(browser) -> Iterator[Screen]:
     screen.context.close()
 
 
+def wait_until(page: Page, script: str, arg: object = None, timeout_ms: int = WAIT_MS) -> None:
+    """Poll a script from outside the page: Playwright's wait_for_function would
+    evaluate it inside, where the page's CSP (no eval) refuses it."""
+    deadline = time.monotonic() + timeout_ms / 1000
+    while not page.evaluate(script, arg):
+        assert time.monotonic() < deadline, f"never true: {script}"
+        page.wait_for_timeout(100)
+
+
+TILES_LOADED = (
+    "() => [...document.querySelectorAll('.leaflet-tile')].some(t => t.complete && t.naturalWidth)"
+)
+
+
 def save_screenshot(page: Page, name: str) -> None:
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / name))
@@ -188,13 +205,29 @@ def test_dispatcher_signs_in_and_watches_every_vehicle_move(tracker, desktop):
     expect(page.locator("#stat-distance")).to_have_text(re.compile(r"km$"))
     expect(page.locator("#stat-max")).to_have_text("36 km/h")
 
+    # Following it keeps it on screen, wherever it goes.
+    page.get_by_role("button", name="Follow").click()
+    expect(page.get_by_role("button", name="Following")).to_have_attribute("aria-pressed", "true")
+    tracker.drive(van, (NEARER[0] + 0.2, NEARER[1] + 0.3), heading=45.0)
+    expect(marker(page, van[0])).to_have_attribute("data-lat", str(NEARER[0] + 0.2))
+    wait_until(
+        page,
+        """token => {
+            const map = document.getElementById('map').getBoundingClientRect();
+            const box = document.querySelector(`.vehicle[data-token="${token}"]`)
+                .getBoundingClientRect();
+            return box.left >= map.left && box.right <= map.right
+                && box.top >= map.top && box.bottom <= map.bottom;
+        }""",
+        van[0],
+    )
+    page.get_by_role("button", name="Following").click()
+
     page.get_by_label("Filter vehicles").fill("okri")
     expect(list_item(page, tracker.vans[1][0])).to_be_visible()
     expect(list_item(page, tracker.vans[0][0])).to_be_hidden()
     page.get_by_label("Filter vehicles").fill("")
-    page.wait_for_function(
-        "[...document.querySelectorAll('.leaflet-tile')].some(t => t.complete && t.naturalWidth)"
-    )
+    wait_until(page, TILES_LOADED)
     save_screenshot(page, "console-desktop.png")
     assert page.evaluate("document.documentElement.scrollWidth") <= DESKTOP["width"]
 
@@ -236,7 +269,7 @@ def test_dispatcher_shares_a_vehicle_then_completes_and_cancels(tracker, desktop
     page.get_by_role("button", name="Create link").click()
     link = page.locator("#share-link")
     expect(link).to_have_text(re.compile(re.escape(tracker.url) + r"/share/\w{22}$"))
-    page.wait_for_function("document.getElementById('share-qr').naturalWidth > 0")
+    wait_until(page, "() => document.getElementById('share-qr').naturalWidth > 0")
     shares = page.locator(".share")
     expect(shares.filter(has_text="Jane Doe")).to_contain_text("Ben Okri")
     expect(shares.filter(has_text="Jane Doe")).to_contain_text(re.compile(r"ETA \d+"))
@@ -357,9 +390,7 @@ def test_dispatcher_on_a_phone(tracker, phone):
     expect(page.locator("body")).to_have_attribute("data-connection", "live")
     for token, _ in tracker.vans:
         expect(marker(page, token)).to_be_visible()
-    page.wait_for_function(
-        "[...document.querySelectorAll('.leaflet-tile')].some(t => t.complete && t.naturalWidth)"
-    )
+    wait_until(page, TILES_LOADED)
     assert page.evaluate("document.documentElement.scrollWidth") <= PHONE["width"]
     save_screenshot(page, "console-phone.png")
     list_item(page, tracker.vans[0][0]).locator("button").click()
@@ -382,6 +413,74 @@ def test_console_shows_vehicles_when_tiles_cannot_load(tmp_path, desktop):
         expect(page.locator("#map-note")).to_be_visible()
         expect(list_item(page, van[0])).to_contain_text("Tile Less")
         desktop.context.close()  # its open connections would hold up the server's shutdown
+
+
+@pytest.mark.browser
+def test_newcomer_runs_the_demo_and_sees_the_fleet_moving(tmp_path, tile_server, desktop):  # noqa: F811
+    port = free_port()
+    env = {
+        **os.environ,
+        "TRACKER_SERVER_PORT": str(port),
+        "TRACKER_SERVER_PUBLIC_URL": f"http://127.0.0.1:{port}",
+        "TRACKER_STORAGE_PATH": str(tmp_path / "demo.db"),
+        "TRACKER_SHARING_TILE_URL": tile_server + "/{z}/{x}/{y}.png",
+    }
+    demo = subprocess.Popen(
+        [sys.executable, "-m", "tracker", "demo", "--json"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        info = json.loads(demo.stdout.readline())
+        page = desktop.page
+        page.goto(info["console_url"])
+        page.get_by_label("Username").fill(info["username"])
+        page.get_by_label("Password").fill(info["password"])
+        page.get_by_role("button", name="Sign in").click()
+        expect(page.locator("#instance-name")).to_have_text("Demo fleet")
+        for token, name in zip(
+            info["devices"], ("Alice Martin", "Bilal Khan", "Chen Wei"), strict=True
+        ):
+            expect(marker(page, token)).to_be_visible()
+            expect(list_item(page, token)).to_contain_text(name)
+        first = marker(page, "demo-van-1")
+        expect(first).to_have_attribute("data-lat", re.compile("."))
+        where = first.get_attribute("data-lat"), first.get_attribute("data-lng")
+        wait_until(
+            page,
+            "([lat, lng]) => { const m = document.querySelector('.vehicle[data-token=\"demo-van-1\"]');"
+            " return m.dataset.lat !== lat || m.dataset.lng !== lng; }",
+            list(where),
+            20000,
+        )
+        expect(page.locator(".share", has_text="Demo Customer")).to_be_visible()
+        wait_until(page, TILES_LOADED)
+        save_screenshot(page, "console-demo.png")
+        desktop.assert_no_console_errors()
+        desktop.context.close()
+    finally:
+        demo.send_signal(signal.SIGINT)
+        assert demo.wait(timeout=15) == 0
+
+
+def test_server_log_names_failed_sign_ins_but_no_password_or_token(tracker):
+    add_user(tracker, "logged", "admin")
+    assert (
+        tracker.http.post(
+            "/api/v1/auth/login", json={"username": "logged", "password": "Secret-Guess-99"}
+        ).status_code
+        == 401
+    )
+    token = tracker.http.post(
+        "/api/v1/auth/login", json={"username": "logged", "password": PASSWORD}
+    ).json()["token"]
+    log = (tracker.process.workdir / "server.log").read_text()
+    assert "failed sign-in for username 'logged' from 127.0.0.1" in log
+    assert "Secret-Guess-99" not in log and PASSWORD not in log
+    assert token not in log and "eyJ" not in log
 
 
 def test_console_page_is_served_with_a_strict_csp(tracker):
