@@ -84,7 +84,8 @@ def _dummy_hash() -> str:
 
 def password_matches(user: User | None, password: str) -> bool:
     """True when the password is the user's; as slow for an unknown user as for a known one."""
-    stored = user.password_hash if user is not None else _dummy_hash()
+    dummy = _dummy_hash()  # made on the first call, whoever signs in: no first-time tell
+    stored = user.password_hash if user is not None else dummy
     try:
         matched = _hasher.verify(stored, password)
     except (VerificationError, InvalidHashError):

@@ -83,7 +83,8 @@ def create_app(settings: Settings, db: Database | None = None) -> Quart:
                 f"- `{prefix}/share/{{share_token}}/live`: one share session, live, for its"
                 " recipient; the share token is the credential.\n\n"
                 "Credentials: `bearer` is a JWT with scope read (GET routes), admin (everything)"
-                " or ingest (positions only), for the instances of its `instances` claim;"
+                " or ingest (positions only), for the instances of its `instances` claim"
+                " (console users get one from `POST /auth/login`);"
                 " `ingestKey` is a device's ingest key, which is also the OsmAnd identifier"
                 " (`osmandId`) and the OwnTracks password (`owntracksBasic`, user: the device token)."
             ),
