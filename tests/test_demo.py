@@ -54,6 +54,21 @@ def test_demo_drives_vans_through_the_real_ingest_path(tmp_path):
         assert public["driver_display_name"] == "Alice Martin"
         assert public["destination"]["label"] == "Finsbury Square, London"
         assert public["eta_seconds"] > 0
+
+        # The console's demo user signs in and sees the vans.
+        assert info["console_url"] == f"{info['server']}/"
+        assert httpx.get(info["console_url"]).headers["Content-Type"].startswith("text/html")
+        signed_in = httpx.post(
+            f"{api}/auth/login",
+            json={"username": info["username"], "password": info["password"]},
+        )
+        assert signed_in.status_code == 200, signed_in.text
+        fleet = httpx.get(
+            f"{api}/devices",
+            params={"instance_id": info["instance_id"]},
+            headers={"Authorization": f"Bearer {signed_in.json()['token']}"},
+        ).json()
+        assert {item["device_token"] for item in fleet["items"]} == set(info["devices"])
     finally:
         demo.send_signal(signal.SIGINT)
         assert demo.wait(timeout=15) == 0

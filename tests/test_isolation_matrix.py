@@ -25,15 +25,19 @@ PUBLIC = {
     "GET /api/v1/health/ready",
     "GET /metrics",  # off by default; metrics.token is its credential (no instance data)
     "GET /api/v1/share/<share_token>",  # the share token is the credential
+    "GET /api/v1/share/<share_token>/qr.svg",
+    "POST /api/v1/auth/login",  # the username and password are the credential
     "GET /ingest/osmand",  # the ingest key is the credential
     "POST /ingest/osmand",
-    "GET /",  # the OsmAnd listener
+    "GET /",  # the console page (and the OsmAnd listener)
     "POST /",
     "POST /ingest/owntracks",  # Basic auth with the ingest key
     "GET /share/<share_token>",  # the share page (HTML)
     "GET /static/leaflet/<path:filename>",
     "GET /static/share.css",
     "GET /static/share.js",
+    "GET /static/console.css",
+    "GET /static/console.js",
 }
 
 # How to aim each authenticated route at instance B's objects.
@@ -46,6 +50,7 @@ MATRIX = {
     "PUT /api/v1/devices/<device_token>/profile": {"body": {"full_name": "Hijacked"}},
     "DELETE /api/v1/devices/<device_token>": {},
     "GET /api/v1/devices/metadata": {"instance_in_query": True},
+    "GET /api/v1/devices": {"instance_in_query": True},
     "GET /api/v1/devices/<device_token>/metadata": {},
     "PATCH /api/v1/devices/<device_token>/metadata/display-field": {
         "body": {"display_field": "nickname"}

@@ -67,10 +67,18 @@ HIDDEN = {
     "GET /share/{share_token}",
     "GET /static/share.css",
     "GET /static/share.js",
+    "GET /static/console.css",
+    "GET /static/console.js",
     "GET /static/leaflet/{filename}",
     "GET /metrics",  # Prometheus' text format, for scrapers (README.md lists the metrics)
 }
-PUBLIC = {"GET /api/v1/health", "GET /api/v1/health/ready", "GET /api/v1/share/{share_token}"}
+PUBLIC = {
+    "GET /api/v1/health",
+    "GET /api/v1/health/ready",
+    "GET /api/v1/share/{share_token}",
+    "GET /api/v1/share/{share_token}/qr.svg",
+    "POST /api/v1/auth/login",
+}
 PHONE_APPS = {
     "GET /ingest/osmand": [{"osmandId": []}],
     "POST /ingest/osmand": [{"osmandId": []}],

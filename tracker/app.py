@@ -85,13 +85,15 @@ def create_app(settings: Settings, db: Database | None = None) -> Quart:
                 f"- `{prefix}/share/{{share_token}}/live`: one share session, live, for its"
                 " recipient; the share token is the credential.\n\n"
                 "Credentials: `bearer` is a JWT with scope read (GET routes), admin (everything)"
-                " or ingest (positions only), for the instances of its `instances` claim;"
+                " or ingest (positions only), for the instances of its `instances` claim"
+                " (console users get one from `POST /auth/login`);"
                 " `ingestKey` is a device's ingest key, which is also the OsmAnd identifier"
                 " (`osmandId`) and the OwnTracks password (`owntracksBasic`, user: the device token)."
             ),
         },
         tags=[
             {"name": "health", "description": "Is the service up (public)"},
+            {"name": "auth", "description": "Signing in to get a token (console users)"},
             {"name": "instances", "description": "Instances (fleets) a token may see"},
             {"name": "devices", "description": "Registering devices and their ingest keys"},
             {"name": "metadata", "description": "Devices' display names and profiles"},
@@ -136,6 +138,8 @@ def create_app(settings: Settings, db: Database | None = None) -> Quart:
     register_error_handlers(app)
 
     from tracker.api import (
+        auth,
+        console_page,
         devices,
         health,
         ingest,
@@ -149,6 +153,7 @@ def create_app(settings: Settings, db: Database | None = None) -> Quart:
 
     for blueprint in (
         health.blueprint,
+        auth.blueprint,
         instances.blueprint,
         devices.blueprint,
         metadata.blueprint,
@@ -158,6 +163,7 @@ def create_app(settings: Settings, db: Database | None = None) -> Quart:
         share.blueprint,
     ):
         app.register_blueprint(blueprint, url_prefix=prefix)
+    app.register_blueprint(console_page.blueprint)  # `/`: before the OsmAnd listener's root
     app.register_blueprint(ingest.apps_blueprint)
     app.register_blueprint(health.metrics_blueprint)  # GET /metrics: no API prefix
     app.register_blueprint(share_page.blueprint)  # the recipient's page: no API prefix

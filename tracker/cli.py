@@ -226,6 +226,87 @@ def cmd_backup(args: argparse.Namespace, settings: Settings) -> None:
     )
 
 
+def _read_password(args: argparse.Namespace) -> str:
+    """The new password: one line of stdin (--password-stdin), or asked twice at the terminal."""
+    import getpass
+
+    from tracker.accounts import InvalidAccount, check_password
+
+    if args.password_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    elif sys.stdin.isatty():
+        password = getpass.getpass("Password: ")
+        if getpass.getpass("Password again: ") != password:
+            raise CommandError("the two passwords differ; nothing was changed")
+    else:
+        raise CommandError("no terminal to ask for a password: give it with --password-stdin")
+    try:
+        return check_password(password)
+    except InvalidAccount as error:
+        raise CommandError(str(error)) from None
+
+
+def _user_view(user) -> dict:
+    return {
+        "username": user.username,
+        "instance_id": user.instance_id or "*",
+        "role": user.role,
+        "created_at": int(user.created_at),
+    }
+
+
+def cmd_user_add(args: argparse.Namespace, settings: Settings) -> None:
+    from tracker.accounts import InvalidAccount, check_role, check_username, hash_password
+    from tracker.store import users
+
+    try:
+        username = check_username(args.username)
+        role = check_role(args.role)
+    except InvalidAccount as error:
+        raise CommandError(str(error)) from None
+    db = _open_database(settings)
+    instance_id = None if args.instance == "*" else args.instance
+    if instance_id is not None and db.read_sync(instances.get, instance_id) is None:
+        raise CommandError(f"no instance {args.instance!r}")
+    if db.read_sync(users.by_username, username) is not None:
+        raise CommandError(f"a user {username!r} already exists")
+    password_hash = hash_password(_read_password(args))
+    try:
+        user = db.write_sync(users.create, username, instance_id, role, password_hash)
+    except users.DuplicateUser:
+        raise CommandError(f"a user {username!r} already exists") from None
+    _emit(args, _user_view(user), f"user {user.username} added ({user.role} of {args.instance})")
+
+
+def cmd_user_list(args: argparse.Namespace, settings: Settings) -> None:
+    from tracker.store import users
+
+    listed = _open_database(settings).read_sync(users.listed, args.instance)
+    views = [_user_view(user) for user in listed]
+    lines = [f"{v['username']}\t{v['role']}\t{v['instance_id']}" for v in views]
+    _emit(args, {"users": views}, "\n".join(lines) if lines else "no users")
+
+
+def cmd_user_remove(args: argparse.Namespace, settings: Settings) -> None:
+    from tracker.store import users
+
+    if not _open_database(settings).write_sync(users.delete, args.username):
+        raise CommandError(f"no user {args.username!r}")
+    _emit(args, {"removed": args.username}, f"user {args.username} removed")
+
+
+def cmd_user_passwd(args: argparse.Namespace, settings: Settings) -> None:
+    from tracker.accounts import hash_password
+    from tracker.store import users
+
+    db = _open_database(settings)
+    if db.read_sync(users.by_username, args.username) is None:
+        raise CommandError(f"no user {args.username!r}")
+    password_hash = hash_password(_read_password(args))
+    db.write_sync(users.set_password_hash, args.username, password_hash)
+    _emit(args, {"username": args.username}, f"password of {args.username} changed")
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
@@ -285,6 +366,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     backup.add_argument("path", help="the backup file to write")
     backup.add_argument("--force", action="store_true", help="replace PATH if it exists")
+    user = commands.add_parser("user", help="manage console users")
+    user_commands = user.add_subparsers(dest="action", required=True, metavar="ACTION")
+    user_add = command(user_commands, "add", cmd_user_add, "add a console user")
+    user_add.add_argument("--instance", required=True, help="instance id, or * for every instance")
+    user_add.add_argument("--username", required=True)
+    user_add.add_argument("--role", required=True, choices=("admin", "viewer"))
+    user_add.add_argument("--password-stdin", action="store_true", help="read it from stdin")
+    user_list = command(user_commands, "list", cmd_user_list, "list console users")
+    user_list.add_argument("--instance", help="only this instance's users")
+    user_remove = command(user_commands, "remove", cmd_user_remove, "remove a console user")
+    user_remove.add_argument("--username", required=True)
+    passwd = command(user_commands, "passwd", cmd_user_passwd, "change a user's password")
+    passwd.add_argument("--username", required=True)
+    passwd.add_argument("--password-stdin", action="store_true", help="read it from stdin")
     return parser
 
 

@@ -75,6 +75,7 @@ class AuthSettings(_Section):
     jwt_public_key_file: str = ""
     max_token_lifetime_days: int = Field(365, ge=1, le=3650)
     clock_leeway_seconds: float = Field(5, ge=0, le=300)
+    session_hours: float = Field(12, gt=0, le=24 * 366)
 
 
 class IngestSettings(_Section):
@@ -103,6 +104,10 @@ class RealtimeSettings(_Section):
     fanout_interval_seconds: float = Field(0.025, ge=0, le=5)
 
 
+class ConsoleSettings(_Section):
+    offline_after_seconds: float = Field(600, gt=0)
+
+
 class UserServiceSettings(_Section):
     url: str = ""
     token: str = ""
@@ -124,6 +129,7 @@ class Settings(_Section):
     realtime: RealtimeSettings = RealtimeSettings()
     user_service: UserServiceSettings = UserServiceSettings()
     metrics: MetricsSettings = MetricsSettings()
+    console: ConsoleSettings = ConsoleSettings()
 
     def replace(self, **sections: dict) -> Settings:
         """A copy with some keys changed, e.g. replace(server={"port": 0})."""

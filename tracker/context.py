@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 import trio
 from quart import current_app
 
+from tracker.accounts import SignInGuard
 from tracker.auth import TokenVerifier
 from tracker.config import Settings
 from tracker.hub import Hub
@@ -32,6 +33,7 @@ class Tracker:
     share_limiter: RateLimiter
     metrics: Metrics = field(default_factory=Metrics)
     keepalive: Keepalive = field(default_factory=Keepalive)
+    sign_ins: SignInGuard = field(default_factory=SignInGuard)
     websockets: WebSocketRouter | None = None  # set by the app factory
     started_at: float = field(default_factory=time.monotonic)
     background: trio.CancelScope | None = None

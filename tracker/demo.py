@@ -4,11 +4,13 @@ Three vans drive believable routes (cruising speed with some variation,
 stops at junctions, heading from the road's bearing) and report every
 `REPORT_EVERY_SECONDS` through the real ingest path, over HTTP with their
 ingest keys, exactly as a phone would. The demo prints an admin token, a
-`/ws/realtime` example and a share link for a van heading to its
-destination, then runs until Ctrl-C.
+`/ws/realtime` example, a share link for a van heading to its destination,
+and the console's URL with a demo user (`demo`, admin of the demo instance)
+and its password, then runs until Ctrl-C.
 
 Running it again reuses the demo instance and devices (their ingest keys
-are rotated, since only hashes are stored).
+are rotated, since only hashes are stored) and gives the demo user a new
+random password, printed like the first.
 """
 
 from __future__ import annotations
@@ -16,20 +18,23 @@ from __future__ import annotations
 import contextlib
 import json
 import random
+import secrets
 from dataclasses import dataclass, field
 from functools import partial
 
 import httpx
 import trio
 
+from tracker.accounts import hash_password
 from tracker.app import create_app
 from tracker.config import Settings
 from tracker.context import Tracker
 from tracker.geo import haversine_m, initial_bearing_deg
 from tracker.server import log_serving, serve
-from tracker.store import devices, instances
+from tracker.store import devices, instances, users
 
 DEMO_INSTANCE_NAME = "Demo fleet"
+DEMO_USERNAME = "demo"
 REPORT_EVERY_SECONDS = 2.0
 TOKEN_TTL_SECONDS = 7 * 86400
 
@@ -141,6 +146,22 @@ class Van:
         }
 
 
+def prepare_user(tracker: Tracker, instance_id: str) -> str:
+    """The demo user (admin of the demo instance) with a new random password, returned."""
+    password = secrets.token_urlsafe(12)
+    password_hash = hash_password(password)
+    db = tracker.db
+    existing = db.read_sync(users.by_username, DEMO_USERNAME)
+    if existing is not None and existing.instance_id != instance_id:
+        db.write_sync(users.delete, DEMO_USERNAME)
+        existing = None
+    if existing is None:
+        db.write_sync(users.create, DEMO_USERNAME, instance_id, "admin", password_hash)
+    else:
+        db.write_sync(users.set_password_hash, DEMO_USERNAME, password_hash)
+    return password
+
+
 def prepare_fleet(tracker: Tracker) -> tuple[str, list[Van], str]:
     """The demo instance, its vans (with fresh ingest keys) and an admin token."""
     db = tracker.db
@@ -183,6 +204,9 @@ def _announce(info: dict, as_json: bool) -> None:
         f"""
 tracker demo is running at {info["server"]}   (Ctrl-C stops it)
 
+Console (the fleet on a map): {info["console_url"]}
+  sign in as {info["username"]} with password {info["password"]}
+
 Share link (van 1 heading to {info["destination"]["label"]}):
   {info["share_url"]}
 
@@ -202,6 +226,7 @@ async def demo(settings: Settings, as_json: bool = False) -> None:
     app = create_app(settings)
     tracker: Tracker = app.extensions["tracker"]
     instance_id, vans, admin_token = prepare_fleet(tracker)
+    password = prepare_user(tracker, instance_id)
     async with httpx.AsyncClient(timeout=10) as client, trio.open_nursery() as nursery:
 
         async def serve_then_stop(task_status: trio.TaskStatus[list[str]]) -> None:
@@ -240,6 +265,9 @@ async def demo(settings: Settings, as_json: bool = False) -> None:
                 "share_url": response.json()["share_url"],
                 "destination": destination,
                 "devices": [van.token for van in vans],
+                "console_url": f"{url}/",
+                "username": DEMO_USERNAME,
+                "password": password,
             },
             as_json,
         )

@@ -20,9 +20,15 @@ MAX_TRACKED_ADDRESSES = 50_000
 
 
 class RateLimiter:
-    def __init__(self, per_minute: float, clock: Callable[[], float] = trio.current_time):
+    def __init__(
+        self,
+        per_minute: float,
+        clock: Callable[[], float] = trio.current_time,
+        *,
+        window_seconds: float = 60.0,  # a bucket of `per_minute` tokens refilled over this
+    ):
         self.capacity = float(per_minute)
-        self.refill_per_second = per_minute / 60.0
+        self.refill_per_second = per_minute / window_seconds
         self.clock = clock
         self._buckets: dict[str, tuple[float, float]] = {}  # address -> (tokens, updated at)
 

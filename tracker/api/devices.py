@@ -1,4 +1,5 @@
-"""Device registration over REST: create, rotate the ingest key, set the profile, delete.
+"""Devices over REST: the fleet list, and registration (create, rotate the ingest key,
+set the profile, delete).
 
 The ingest key is answered once, at registration or rotation, and stored
 hashed. Device reads (position, tracks, stats) live in api/positions.py; the
@@ -7,11 +8,13 @@ display-name endpoints in api/metadata.py.
 
 from __future__ import annotations
 
+import time
 import uuid
 
 from pydantic import BaseModel, ConfigDict, Field
-from quart import Blueprint
+from quart import Blueprint, request
 from quart_schema import (
+    document_querystring,
     document_response,
     operation_id,
     security_scheme_blueprint,
@@ -19,9 +22,11 @@ from quart_schema import (
     validate_request,
 )
 
-from tracker.api import requires, visible_device
+from tracker.api import page, pagination, requires, visible_device
 from tracker.api.schemas import (
     DeviceCreated,
+    DeviceListQuery,
+    DevicePage,
     DeviceProfile,
     IngestKey,
     NoContent,
@@ -29,13 +34,63 @@ from tracker.api.schemas import (
 )
 from tracker.auth import Principal
 from tracker.context import current
-from tracker.errors import Conflict, NotFound
-from tracker.models import DeviceToken, DisplayField, Profile
+from tracker.errors import BadRequest, Conflict, NotFound
+from tracker.fleet import device_status
+from tracker.models import DeviceToken, DisplayField, Position, Profile
+from tracker.profiles import display_value
 from tracker.store import devices, instances
 
 blueprint = Blueprint("devices", __name__)
 tag_blueprint(blueprint, ["devices"])
 security_scheme_blueprint(blueprint, [{"bearer": []}])
+
+
+MAX_QUERY_LENGTH = 100
+
+
+def _last_fix(position: Position | None) -> dict | None:
+    if position is None:
+        return None
+    return {
+        "latitude": position.latitude,
+        "longitude": position.longitude,
+        "speed": position.speed,
+        "heading": position.heading,
+        "accuracy": position.accuracy,
+        "timestamp": int(position.timestamp),
+    }
+
+
+@blueprint.get("/devices")
+@document_querystring(DeviceListQuery)
+@document_response(DevicePage)
+@document_errors(400, 401, 403)
+@operation_id("devices")
+@requires("read", "admin")
+async def list_devices(principal: Principal) -> dict:
+    instance_id = request.args.get("instance_id")
+    if not instance_id:
+        raise BadRequest("instance_id is required")
+    principal.require_instance(instance_id)
+    limit, offset = pagination()
+    q = request.args.get("q") or None
+    if q is not None and len(q) > MAX_QUERY_LENGTH:
+        raise BadRequest(f"q is at most {MAX_QUERY_LENGTH} characters")
+    tracker = current()
+    found, total = await tracker.db.read(devices.search, instance_id, q, limit, offset)
+    now = time.time()
+    offline_after = tracker.settings.console.offline_after_seconds
+    items = [
+        {
+            "device_token": device.token,
+            "display_name": display_value(device.profile, device.display_field, device.token),
+            "last_position": _last_fix(position),
+            "track_token": position.track_token if position else None,
+            "status": device_status(position, now, offline_after),
+        }
+        for device, position in found
+    ]
+    return page(items, total, limit, offset)
 
 
 class DeviceCreate(BaseModel):

@@ -26,7 +26,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable
 from http import HTTPStatus
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, ClassVar, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, RootModel
 from quart_schema import OpenAPIProvider, document_response
@@ -194,6 +194,10 @@ class SessionListQuery(RequiredInstanceQuery, PageQuery):
     status: ShareStatus = query("only sessions with this status")
     device_token: str = query("only sessions of this device")
     order_id: str = query("only sessions with this order id")
+
+
+class DeviceListQuery(RequiredInstanceQuery, PageQuery):
+    q: str = query("only devices whose token or display name contains this (any case)")
 
 
 class SessionQuery(BaseModel):
@@ -425,6 +429,47 @@ class TripStats(Shape):
     active: bool
 
 
+class LastFix(Shape):
+    latitude: float
+    longitude: float
+    speed: float | None = Field(description="m/s")
+    heading: float | None = Field(description="degrees")
+    accuracy: float | None = Field(description="metres")
+    timestamp: int = Field(description="unix seconds of the fix")
+
+
+class DeviceSummary(Shape):
+    """A device at a glance: its name, last fix, trip and status."""
+
+    device_token: str
+    display_name: str
+    last_position: LastFix | None = Field(description="null until the device reports")
+    track_token: str | None = Field(description="the trip of the last position")
+    status: Literal["moving", "stopped", "offline"] = Field(
+        description="offline: no fix for console.offline_after_seconds; moving: the last"
+        " fix's speed is above 0.5 m/s; stopped otherwise"
+    )
+
+
+class DevicePage(Shape):
+    """One page of the instance's devices, by display name."""
+
+    items: list[DeviceSummary]
+    total: int
+    limit: int
+    offset: int
+
+
+class SignedIn(Shape):
+    """A JWT for the user, accepted wherever a minted token is."""
+
+    token: str
+    expires_at: int = Field(description="unix seconds")
+    scope: Literal["read", "admin"] = Field(description="admin for role admin, read for viewer")
+    instances: list[str] | Literal["*"] = Field(description="the user's instance, or * for all")
+    username: str
+
+
 class PositionsAccepted(Shape):
     """Committed: new positions, and those already stored (same device and time)."""
 
@@ -462,6 +507,10 @@ class ShareSession(Shape):
     order_id: str | None
     destination: SessionDestination | None
     share_config: SessionConfig
+    eta_seconds: int | None = omitted(
+        description="in lists, for an active session with a destination: null until the"
+        " device reports; 0: arrived"
+    )
 
 
 class ShareLinks(Shape):
@@ -512,6 +561,12 @@ class PublicShare(Shape):
     eta_seconds: int | None = omitted(description="unless share_config hides it; 0: arrived")
 
 
+class QrCode(RootModel[str]):
+    """The share link as a QR code (SVG), to show beside the link."""
+
+    media_type: ClassVar[str] = "image/svg+xml"  # not JSON: see TrackerOpenAPIProvider
+
+
 class OwnTracksAck(RootModel[list[Any]]):
     """Received; OwnTracks expects a list of messages back, and gets none."""
 
@@ -534,6 +589,12 @@ class TrackerOpenAPIProvider(OpenAPIProvider):
         if issubclass(model, NoContent):
             response: dict[str, Any] = {"description": inspect.getdoc(model)}
             definitions: dict[str, Any] = {}
+        elif getattr(model, "media_type", None):
+            response = {
+                "description": inspect.getdoc(model),
+                "content": {model.media_type: {"schema": {"type": "string"}}},
+            }
+            definitions = {}
         else:
             # quart-schema would put the headers inside `content`, where they do not belong.
             response, definitions = super().build_response_object(model, None)

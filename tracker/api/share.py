@@ -1,4 +1,4 @@
-"""Share links, public side: `GET /share/{token}` and the live stream `/share/{token}/live`.
+"""Share links, public side: `GET /share/{token}`, its QR code and the live stream `/share/{token}/live`.
 
 No JWT: the share token is the credential. Both are rate limited per client
 address (failed lookups much harder), answer 404 / close 4001 for an unknown
@@ -15,17 +15,19 @@ cancelled, or expires.
 
 from __future__ import annotations
 
+import io
 import math
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import segno
 import trio
 from quart import Blueprint, Response, request
 from quart_schema import document_response, operation_id, security_scheme_blueprint, tag_blueprint
 
 from tracker import jsoncodec
-from tracker.api.schemas import PublicShare, document_errors
+from tracker.api.schemas import PublicShare, QrCode, document_errors
 from tracker.context import Tracker, current
 from tracker.errors import Gone, NotFound, RateLimited
 from tracker.hub import LiveFix, device_topic, session_topic
@@ -42,6 +44,7 @@ from tracker.sharing import (
     end_reason,
     eta_for,
     hash_share_token,
+    links,
     live_message,
     looks_like_share_token,
     moving_speed,
@@ -103,7 +106,7 @@ class DeviceState:
     trail: list[Position]
 
 
-def _device_state(conn, session: ShareSession, with_trail: bool) -> DeviceState:
+def device_state(conn, session: ShareSession, with_trail: bool) -> DeviceState:
     device = devices.get(conn, session.device_token)
     name = display_value(device.profile, device.display_field, device.token) if device else ""
     position = positions_store.latest(conn, session.device_token)
@@ -129,9 +132,32 @@ async def get_share(share_token: str) -> dict:
         session = await find_session(tracker, share_token, request.remote_addr or "?")
     except ShareLookupFailed as failed:
         raise _http_error(failed.session) from None
-    state = await tracker.db.read(_device_state, session, True)
+    state = await tracker.db.read(device_state, session, True)
     eta = eta_for(session, state.position, state.speed, tracker.settings)
     return public_view(session, state.position, eta, state.display_name, state.trail)
+
+
+QR_SCALE = 6  # pixels per module at the SVG's natural size
+
+
+@blueprint.get("/share/<share_token>/qr.svg")
+@document_response(QrCode)
+@document_errors(404, 410, 429)
+@operation_id("share_qr")
+async def get_share_qr(share_token: str) -> Response:
+    """The share link (map_url) as a QR code, drawn by the server as SVG."""
+    tracker = current()
+    try:
+        await find_session(tracker, share_token, request.remote_addr or "?")
+    except ShareLookupFailed as failed:
+        raise _http_error(failed.session) from None
+    svg = io.BytesIO()
+    map_url = links(tracker.settings, share_token)["map_url"]
+    segno.make(map_url, error="m").save(svg, kind="svg", scale=QR_SCALE, border=2, xmldecl=False)
+    response = Response(svg.getvalue(), content_type="image/svg+xml")
+    response.headers["Content-Security-Policy"] = "default-src 'none'; style-src 'unsafe-inline'"
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    return response
 
 
 def _http_error(session: ShareSession | None) -> Exception:
@@ -247,7 +273,7 @@ class ShareViewer:
         return rendering.frame
 
     async def _send_current(self) -> None:
-        state = await self.tracker.db.read(_device_state, self.session, False)
+        state = await self.tracker.db.read(device_state, self.session, False)
         if state.position is None:
             return
         frame = await self._render(state.position, state.display_name)

@@ -30,6 +30,7 @@ from tracker.api.schemas import (
     document_errors,
 )
 from tracker.api.schemas import ShareSession as ShareSessionView
+from tracker.api.share import device_state
 from tracker.auth import Principal
 from tracker.context import current
 from tracker.errors import BadRequest, Conflict, Unprocessable
@@ -40,6 +41,7 @@ from tracker.sharing import (
     SessionEnded,
     admin_view,
     effective_status,
+    eta_for,
     hash_share_token,
     links,
     new_share_token,
@@ -177,7 +179,22 @@ async def list_sessions(principal: Principal) -> dict:
             offset=offset,
         )
     )
-    return page([admin_view(s, now) for s in sessions], total, limit, offset)
+    etas = await current().db.read(_etas, sessions, now, current().settings)
+    items = [
+        {**admin_view(s, now), **({"eta_seconds": etas[s.id]} if s.id in etas else {})}
+        for s in sessions
+    ]
+    return page(items, total, limit, offset)
+
+
+def _etas(conn, sessions: list[ShareSession], now: float, settings) -> dict[str, int | None]:
+    """The ETA of each active session with a destination (what its recipient sees)."""
+    etas: dict[str, int | None] = {}
+    for session in sessions:
+        if effective_status(session, now) == ACTIVE and session.destination:
+            state = device_state(conn, session, with_trail=False)
+            etas[session.id] = eta_for(session, state.position, state.speed, settings)
+    return etas
 
 
 def _arg(name: str) -> str | None:

@@ -10,6 +10,8 @@ import uuid
 from dataclasses import dataclass, field
 
 from tracker import jsoncodec
+from tracker.models import Position
+from tracker.store import positions
 
 INGEST_KEY_BYTES = 24  # 192 bits, shown once, stored as a SHA-256 hash
 
@@ -148,6 +150,38 @@ def list_for_instance(
         (instance_id, limit, offset),
     ).fetchall()
     return [_device(row) for row in rows], total
+
+
+def _display_name_sql() -> str:
+    """tracker.profiles.display_value in SQL: the chosen field, the fallbacks, the token."""
+    fields = ["'$.' || display_field"] + [
+        f"'$.{name}'" for name in ("full_name", "nickname", "email", "client_id")
+    ]
+    choices = ", ".join(f"nullif(trim(json_extract(profile, {path})), '')" for path in fields)
+    return f"coalesce({choices}, token)"
+
+
+def search(
+    conn: sqlite3.Connection, instance_id: str, q: str | None, limit: int, offset: int
+) -> tuple[list[tuple[Device, Position | None]], int]:
+    """A page of the instance's devices by display name, each with its last position.
+
+    `q` keeps the devices whose token or display name contains it (any case).
+    """
+    name = _display_name_sql()
+    where = "instance_id = ?"
+    params: list[object] = [instance_id]
+    if q:
+        pattern = "%" + q.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+        where += f" AND (token LIKE ? ESCAPE '\\' OR {name} LIKE ? ESCAPE '\\')"
+        params += [pattern, pattern]
+    total = conn.execute(f"SELECT count(*) FROM devices WHERE {where}", params).fetchone()[0]
+    rows = conn.execute(
+        f"SELECT {_COLUMNS} FROM devices WHERE {where} ORDER BY lower({name}), token"
+        " LIMIT ? OFFSET ?",
+        [*params, limit, offset],
+    ).fetchall()
+    return [(device, positions.latest(conn, device.token)) for device in map(_device, rows)], total
 
 
 class MissingDevices(Exception):

@@ -115,6 +115,23 @@ def m002_share_sessions_by_device(db: sqlite_utils.Database) -> None:
     db.execute("CREATE INDEX share_sessions_device ON share_sessions(device_token, status)")
 
 
+@migrations()
+def m003_users(db: sqlite_utils.Database) -> None:
+    # instance_id NULL: a super-admin (or super-viewer) over every instance.
+    db.execute(
+        """
+        CREATE TABLE users (
+            id TEXT PRIMARY KEY,
+            username TEXT NOT NULL UNIQUE COLLATE NOCASE,
+            instance_id TEXT REFERENCES instances(id) ON DELETE CASCADE,
+            role TEXT NOT NULL,
+            password_hash TEXT NOT NULL,
+            created_at REAL NOT NULL
+        )"""
+    )
+    db.execute("CREATE INDEX users_instance ON users(instance_id, username)")
+
+
 def migrate(conn: sqlite3.Connection) -> None:
     """Apply every pending migration to the database behind conn."""
     migrations.apply(sqlite_utils.Database(conn))
