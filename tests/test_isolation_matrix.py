@@ -32,6 +32,10 @@ PUBLIC = {
     "GET /",  # the console page (and the OsmAnd listener)
     "POST /",
     "POST /ingest/owntracks",  # Basic auth with the ingest key
+    "GET /ingest/gpslogger",  # the ingest key is the credential
+    "POST /ingest/gpslogger",
+    "POST /ingest/overland",  # the ingest key is Overland's access token
+    "POST /ingest/ulogger/client/index.php",  # device token + ingest key, then a session cookie
     "GET /share/<share_token>",  # the share page (HTML)
     "GET /static/leaflet/<path:filename>",
     "GET /static/share.css",

@@ -39,6 +39,7 @@ from tracker.writer import Writer
 log = logging.getLogger("tracker")
 
 MAX_BODY_BYTES = 1024 * 1024
+COOKIE_KEY_NAME = "cookie_key"  # in server_keys: signs session cookies of phone apps
 BODY_TIMEOUT_SECONDS = 10
 
 
@@ -101,13 +102,20 @@ def create_app(settings: Settings, db: Database | None = None) -> Quart:
             {"name": "ingest", "description": "Positions from a device's own code"},
             {"name": "sharing", "description": "Share sessions, admin side"},
             {"name": "share", "description": "A share link, public side"},
-            {"name": "phone apps", "description": "Unchanged OsmAnd / Traccar Client, OwnTracks"},
+            {
+                "name": "phone apps",
+                "description": "Unchanged Traccar Client / OsmAnd, GPSLogger, OwnTracks,"
+                " Overland and μlogger (docs/apps.md)",
+            },
         ],
         security_schemes={
             "bearer": {"type": "http", "scheme": "bearer", "bearer_format": "JWT"},
             "ingestKey": {"type": "apiKey", "in_": "header", "name": "X-Ingest-Key"},
             "osmandId": {"type": "apiKey", "in_": "query", "name": "id"},
             "owntracksBasic": {"type": "http", "scheme": "basic"},
+            "overlandKey": {"type": "http", "scheme": "bearer"},  # the ingest key, not a JWT
+            "overlandToken": {"type": "apiKey", "in_": "query", "name": "token"},
+            "uloggerSession": {"type": "apiKey", "in_": "cookie", "name": "ulogger"},
         },
         openapi_provider_class=TrackerOpenAPIProvider,
     )
@@ -123,6 +131,9 @@ def create_app(settings: Settings, db: Database | None = None) -> Quart:
         settings=settings,
         db=db,
         verifier=open_verifier(settings, db),
+        cookie_key=db.write_sync(
+            server_keys.get_or_create, COOKIE_KEY_NAME, lambda: secrets.token_urlsafe(32)
+        )[0].encode(),
         hub=hub,
         writer=Writer(
             db,

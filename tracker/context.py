@@ -31,6 +31,7 @@ class Tracker:
     hub: Hub
     writer: Writer
     share_limiter: RateLimiter
+    cookie_key: bytes = b""  # signs μlogger session cookies (tracker/ingest/ulogger.py)
     metrics: Metrics = field(default_factory=Metrics)
     keepalive: Keepalive = field(default_factory=Keepalive)
     sign_ins: SignInGuard = field(default_factory=SignInGuard)

@@ -1,7 +1,9 @@
-"""The three ingest paths: native JSON, OsmAnd / Traccar Client, OwnTracks HTTP.
+"""The HTTP ingest paths: native JSON and the phone apps' own protocols.
 
-Each authenticates its own way (a JWT or `X-Ingest-Key`; the OsmAnd `id`;
-OwnTracks' Basic auth), parses its wire format (tracker/ingest/) into
+Native JSON, OsmAnd / Traccar Client, GPSLogger (the OsmAnd form with speed
+in m/s), OwnTracks HTTP, Overland and μlogger. Each authenticates its own
+way (a JWT or `X-Ingest-Key`; the OsmAnd `id`; OwnTracks' Basic auth; an
+Overland access token; a μlogger session cookie), parses its wire format (tracker/ingest/) into
 validated positions, and hands them to the writer, answering only once they
 are committed. A wrong or unknown key is refused and logged, without the key.
 Every answer, errors included, is counted by wire format and status
@@ -13,10 +15,12 @@ from __future__ import annotations
 import base64
 import binascii
 import logging
+import time
 from urllib.parse import parse_qsl
 
 from quart import Blueprint, Response, request
 from quart_schema import (
+    DataSource,
     document_querystring,
     document_request,
     document_response,
@@ -30,18 +34,25 @@ from quart_schema import (
 from tracker import jsoncodec
 from tracker.api import authenticate, visible_device
 from tracker.api.schemas import (
+    GpsLoggerQuery,
     NativeIngest,
     OsmandQuery,
+    OverlandAck,
+    OverlandBody,
     OwnTracksAck,
     OwnTracksMessage,
     PhoneAppAck,
     PositionsAccepted,
+    UloggerAnswer,
+    UloggerForm,
     document_errors,
 )
 from tracker.context import current
 from tracker.errors import BadRequest, NotFound, Unauthorized, Unprocessable
+from tracker.ingest import ulogger
 from tracker.ingest.native import IngestError, parse_native
 from tracker.ingest.osmand import OsmandFix, parse_osmand_json, parse_osmand_params
+from tracker.ingest.overland import parse_overland
 from tracker.ingest.owntracks import parse_owntracks
 from tracker.models import Position
 from tracker.store import devices
@@ -62,6 +73,9 @@ _FORMATS = {
     "ingest_apps.osmand": "osmand",
     "ingest_apps.osmand_port_root": "osmand",
     "ingest_apps.owntracks": "owntracks",
+    "ingest_apps.gpslogger": "gpslogger",
+    "ingest_apps.overland": "overland",
+    "ingest_apps.ulogger_client": "ulogger",
 }
 
 
@@ -124,15 +138,16 @@ async def post_positions(device_token: str) -> tuple[dict, int]:
 # -- OsmAnd / Traccar Client -------------------------------------------------
 
 
-def _osmand_fixes(body: bytes) -> list[OsmandFix]:
+def _osmand_fixes(body: bytes, speed_in_knots: bool) -> list[OsmandFix]:
     if request.query_string:
-        fix = parse_osmand_params(request.args.to_dict(flat=True))
+        params = request.args.to_dict(flat=True)
+        fix = parse_osmand_params(params, speed_in_knots=speed_in_knots)
         return [fix] if fix else []
     stripped = body.lstrip()
     if request.mimetype == "application/json" or stripped[:1] in (b"{", b"["):
-        return parse_osmand_json(jsoncodec.loads(body))
+        return parse_osmand_json(jsoncodec.loads(body), speed_in_knots=speed_in_knots)
     form = dict(_parse_form(body))
-    fix = parse_osmand_params(form)
+    fix = parse_osmand_params(form, speed_in_knots=speed_in_knots)
     return [fix] if fix else []
 
 
@@ -160,10 +175,10 @@ async def _osmand_device(identifier: str) -> devices.Device:
     raise NotFound("unknown device identifier")
 
 
-async def _osmand() -> Response:
+async def _osmand(*, speed_in_knots: bool = True) -> Response:
     body = await request.get_data()
     try:
-        fixes = _osmand_fixes(body)
+        fixes = _osmand_fixes(body, speed_in_knots)
     except (IngestError, jsoncodec.JSONDecodeError) as error:
         raise BadRequest(str(error)) from None
     by_device: dict[str, tuple[devices.Device, list[Position]]] = {}
@@ -196,6 +211,17 @@ async def osmand_port_root() -> Response:
     if not _on_osmand_listener():
         raise NotFound("nothing here; the API is under the configured prefix")
     return await _osmand()
+
+
+@apps_blueprint.route("/ingest/gpslogger", methods=["GET", "POST"])
+@document_querystring(GpsLoggerQuery)
+@document_response(PhoneAppAck)
+@document_errors(400, 404, 413)
+@security_scheme([{"osmandId": []}])
+@operation_id("ingest_gpslogger")
+async def gpslogger() -> Response:
+    """GPSLogger's "Log to custom URL": the OsmAnd parameters, with `speed` (`%SPD`) in m/s."""
+    return await _osmand(speed_in_knots=False)
 
 
 def _on_osmand_listener() -> bool:
@@ -249,3 +275,101 @@ async def owntracks() -> Response:
     elif result.message_type == "location":
         log.info("OwnTracks location without coordinates from %s: nothing stored", _client())
     return Response(b"[]", status=200, content_type="application/json")
+
+
+# -- Overland ----------------------------------------------------------------
+
+
+@apps_blueprint.post("/ingest/overland")
+@document_request(OverlandBody)
+@document_response(OverlandAck)
+@document_errors(400, 401, 413)
+@security_scheme([{"overlandKey": []}, {"overlandToken": []}])
+@operation_id("ingest_overland")
+async def overland() -> dict:
+    key = request.args.get("token") or _bearer_or_none()
+    device = await current().db.read(devices.by_ingest_key, key) if key else None
+    if device is None:
+        log.warning("refused Overland ingest from %s: wrong access token", _client())
+        raise Unauthorized("set the device's ingest key as Overland's access token")
+    body = await request.get_data()
+    try:
+        batch = parse_overland(jsoncodec.loads(body))
+    except jsoncodec.JSONDecodeError as error:
+        raise BadRequest(str(error)) from None
+    except IngestError as error:
+        raise BadRequest(str(error)) from None
+    for skipped in batch.skipped:
+        # The app would resend a refused batch forever: skip the bad point, keep the rest.
+        log.info("Overland location from %s skipped: %s", _client(), skipped)
+    await _store(device, batch.positions)
+    return {"result": "ok"}
+
+
+def _bearer_or_none() -> str | None:
+    kind, _, token = request.headers.get("Authorization", "").partition(" ")
+    return token.strip() or None if kind.lower() == "bearer" else None
+
+
+# -- μlogger -----------------------------------------------------------------
+
+
+@apps_blueprint.post("/ingest/ulogger/client/index.php")
+@document_request(UloggerForm, source=DataSource.FORM)
+@document_response(UloggerAnswer)
+@document_errors(400, 401, 413)
+@security_scheme([{}, {"uloggerSession": []}])
+@operation_id("ingest_ulogger")
+async def ulogger_client() -> Response:
+    """μlogger's client protocol (tracker/ingest/ulogger.py): the app's server URL is
+    `https://HOST/ingest/ulogger`, its user the device token, its password the ingest key."""
+    tracker = current()
+    form = (await request.form).to_dict(flat=True)
+    action = form.get("action")
+    if action == "auth":
+        device = await tracker.db.read(devices.by_ingest_key, form.get("pass") or "")
+        if device is None or device.token != form.get("user"):
+            log.warning("refused μlogger sign-in from %s: wrong credentials", _client())
+            raise Unauthorized("wrong device token or ingest key")
+        key_hash = await tracker.db.read(devices.ingest_key_hash, device.token)
+        answer = _ulogger_answer({"error": False})
+        cookie = ulogger.session_cookie(tracker.cookie_key, device.token, key_hash, time.time())
+        answer.set_cookie(
+            ulogger.SESSION_COOKIE,
+            cookie,
+            max_age=ulogger.SESSION_SECONDS,
+            httponly=True,
+            secure=request.scheme == "https",
+            samesite="Strict",
+        )
+        return answer
+    device = await _ulogger_device(request.cookies.get(ulogger.SESSION_COOKIE, ""))
+    if device is None:  # the app signs in again on a 401, whatever its body
+        raise Unauthorized("sign in first (action=auth), or again: the session has ended")
+    if action == "addtrack":
+        if not form.get("track"):
+            return _ulogger_answer({"error": True, "message": "Missing required parameter"})
+        return _ulogger_answer({"error": False, "trackid": ulogger.new_track_id()})
+    if action == "addpos":
+        try:
+            position = ulogger.parse_position(form)
+        except IngestError as error:
+            return _ulogger_answer({"error": True, "message": str(error)})
+        await _store(device, [position])
+        return _ulogger_answer({"error": False})
+    return _ulogger_answer({"error": True, "message": "Unknown command"})
+
+
+async def _ulogger_device(cookie: str) -> devices.Device | None:
+    tracker = current()
+    session = ulogger.session_device(cookie, time.time())
+    if session is None:
+        return None
+    key_hash = await tracker.db.read(devices.ingest_key_hash, session[0])
+    if key_hash is None or not ulogger.is_valid(tracker.cookie_key, session, key_hash):
+        return None
+    return await tracker.db.read(devices.get, session[0])
+
+
+def _ulogger_answer(body: dict) -> Response:
+    return Response(jsoncodec.dumps(body), status=200, content_type="application/json")

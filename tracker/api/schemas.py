@@ -215,6 +215,10 @@ class OsmandQuery(BaseModel):
     batt: float = query("battery percent; -1 means unknown", ge=0, le=100)
 
 
+class GpsLoggerQuery(OsmandQuery):
+    speed: float = query("m/s (GPSLogger's %SPD)", ge=0, le=10_000)
+
+
 # -- request bodies parsed by hand -------------------------------------------------
 
 
@@ -565,6 +569,57 @@ class QrCode(RootModel[str]):
     """The share link as a QR code (SVG), to show beside the link."""
 
     media_type: ClassVar[str] = "image/svg+xml"  # not JSON: see TrackerOpenAPIProvider
+
+
+class OverlandBody(BaseModel):
+    """An Overland batch: GeoJSON Point features (`[longitude, latitude]`), newest point aside."""
+
+    model_config = ConfigDict(extra="allow")
+
+    locations: list[dict[str, Any]] = Field(
+        max_length=10_000,
+        description="GeoJSON Point features; properties.timestamp (ISO 8601), speed (m/s),"
+        " course, horizontal_accuracy, altitude, battery_level (0-1); -1 means unknown",
+    )
+    current: dict[str, Any] = omitted(description="the phone's newest point, also stored")
+    trip: dict[str, Any] = omitted(description="the app's current trip (not used)")
+
+
+class OverlandAck(BaseModel):
+    """Received: Overland deletes the batch from the phone only on exactly this answer."""
+
+    result: Literal["ok"]
+
+
+class UloggerForm(BaseModel):
+    """One μlogger client request (form or multipart), chosen by `action`."""
+
+    model_config = ConfigDict(extra="allow")
+
+    action: Literal["auth", "addtrack", "addpos"]
+    user: str = omitted(description="auth: the device token")
+    # The ingest key travels in this form field as the app sends it.
+    pass_: str = Field(
+        None, alias="pass", json_schema_extra=_no_default, description="auth: the ingest key"
+    )
+    track: str = omitted(description="addtrack: the track's name")
+    trackid: int = omitted(description="addpos: the id addtrack answered")
+    lat: float = omitted(ge=-90, le=90)
+    lon: float = omitted(ge=-180, le=180)
+    time: int = omitted(description="addpos: unix seconds of the fix")
+    speed: float = omitted(description="m/s")
+    bearing: float = omitted(description="degrees")
+    accuracy: float = omitted(description="metres")
+    altitude: float = omitted(description="metres")
+    battery: float = omitted(description="percent")
+
+
+class UloggerAnswer(BaseModel):
+    """μlogger's answer: `error` false (with `trackid` after addtrack), or true and why."""
+
+    error: bool
+    message: str = omitted()
+    trackid: int = omitted()
 
 
 class OwnTracksAck(RootModel[list[Any]]):

@@ -138,10 +138,13 @@ def _is_scalar(value: object) -> bool:
 # -- the three shapes ----------------------------------------------------------------------------
 
 
-def parse_osmand_params(params: Mapping[str, str], now: float | None = None) -> OsmandFix | None:
+def parse_osmand_params(
+    params: Mapping[str, str], now: float | None = None, *, speed_in_knots: bool = True
+) -> OsmandFix | None:
     """The fix of a form A request; None when it carried no parameters at all.
 
     A missing identifier or a wrong value raises IngestError naming the parameter.
+    `speed_in_knots=False` reads `speed` in m/s (GPSLogger's `%SPD`).
     """
     if not params:
         return None
@@ -149,10 +152,13 @@ def parse_osmand_params(params: Mapping[str, str], now: float | None = None) -> 
         identifier = _identifier(params, "")
         if identifier is None:
             raise InvalidField("id", "is required")
-        return OsmandFix(identifier, _position(_read_form(params, ""), now))
+        reading = _read_form(params, "", speed_in_knots=speed_in_knots)
+        return OsmandFix(identifier, _position(reading, now))
 
 
-def parse_osmand_json(body: object, now: float | None = None) -> list[OsmandFix]:
+def parse_osmand_json(
+    body: object, now: float | None = None, *, speed_in_knots: bool = True
+) -> list[OsmandFix]:
     """The fixes of a JSON body: form B (Traccar Client 9), or one or an array of flat objects.
 
     Every fix of one body gets the same `now` when it has no timestamp.
@@ -161,16 +167,16 @@ def parse_osmand_json(body: object, now: float | None = None) -> list[OsmandFix]
     if isinstance(body, list):
         if len(body) > MAX_BATCH_POSITIONS:
             raise IngestError(None, "body", f"more than {MAX_BATCH_POSITIONS} fixes in one body")
-        return [_flat_fix(item, index, now) for index, item in enumerate(body)]
+        return [_flat_fix(item, index, now, speed_in_knots) for index, item in enumerate(body)]
     if not isinstance(body, dict):
         raise IngestError(None, "body", "must be a JSON object or array")
     location = body.get("location")
     if isinstance(location, dict | list):
         return _traccar_json_fixes(body, location, now)
-    return [_flat_fix(body, None, now)]
+    return [_flat_fix(body, None, now, speed_in_knots)]
 
 
-def _flat_fix(item: object, index: int | None, now: float) -> OsmandFix:
+def _flat_fix(item: object, index: int | None, now: float, speed_in_knots: bool) -> OsmandFix:
     with refused_at(index, batch=""):
         if not isinstance(item, dict):
             raise InvalidField("", "must be an object")
@@ -178,8 +184,11 @@ def _flat_fix(item: object, index: int | None, now: float) -> OsmandFix:
         identifier = _identifier(item, "") or _identifier(fallback, "_.")
         if identifier is None:
             raise InvalidField("id", "is required")
-        reading = _read_form(item, "")
-        reading = reading.over(_read_form(fallback, "_.", known=reading.values))
+        reading = _read_form(item, "", speed_in_knots=speed_in_knots)
+        fallback_reading = _read_form(
+            fallback, "_.", known=reading.values, speed_in_knots=speed_in_knots
+        )
+        reading = reading.over(fallback_reading)
         return OsmandFix(identifier, _position(reading, now))
 
 
@@ -256,8 +265,15 @@ _FORM_KEYS = frozenset(
 )
 
 
-def _read_form(params: Mapping[str, Any], prefix: str, known: Collection[str] = ()) -> _Reading:
-    """Form A parameters (strings, or JSON scalars in the flat JSON objects), speed in knots.
+def _read_form(
+    params: Mapping[str, Any],
+    prefix: str,
+    known: Collection[str] = (),
+    *,
+    speed_in_knots: bool = True,
+) -> _Reading:
+    """Form A parameters (strings, or JSON scalars in the flat JSON objects), speed in knots
+    (or in m/s when not `speed_in_knots`).
 
     Fields already `known` from JSON are not read again, so a stale fallback cannot fail the fix.
     """
@@ -279,8 +295,9 @@ def _read_form(params: Mapping[str, Any], prefix: str, known: Collection[str] = 
         spelled = prefix + "timestamp"
         reading.set("timestamp", spelled, _timestamp(params["timestamp"]))
     if "speed" not in known and present("speed"):
-        knots = minus_one_as_unknown(lenient_number(params["speed"], prefix + "speed"))
-        speed = None if knots is None else knots * METRES_PER_SECOND_PER_KNOT
+        sent = minus_one_as_unknown(lenient_number(params["speed"], prefix + "speed"))
+        factor = METRES_PER_SECOND_PER_KNOT if speed_in_knots else 1.0
+        speed = None if sent is None else sent * factor
         reading.set("speed", prefix + "speed", speed)
     if "heading" not in known:
         key = "bearing" if present("bearing") else "heading"

@@ -109,6 +109,12 @@ def by_ingest_key(conn: sqlite3.Connection, key: str) -> Device | None:
     return _device(row) if row else None
 
 
+def ingest_key_hash(conn: sqlite3.Connection, token: str) -> str | None:
+    """The stored hash of the device's ingest key (what a session cookie is bound to)."""
+    row = conn.execute("SELECT ingest_key_hash FROM devices WHERE token = ?", (token,)).fetchone()
+    return row[0] if row else None
+
+
 def rotate_ingest_key(conn: sqlite3.Connection, token: str) -> str | None:
     key = new_ingest_key()
     cursor = conn.execute(
