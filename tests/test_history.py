@@ -123,7 +123,7 @@ async def test_bad_windows_are_refused_with_a_message_naming_the_value(http, tra
         ({"from": "tuesday"}, "from"),
         ({"to": "2026-13-45"}, "to"),
         ({"from": str(int(NOW)), "to": str(int(NOW - DAY))}, "after"),
-        ({"from": "99999999999999"}, "9999"),
+        ({"from": "9999999999999999"}, "9999"),
         ({"limit": "0"}, "limit"),
         ({"date_format": "roman"}, "date_format"),
     ):
