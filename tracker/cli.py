@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sqlite3
 import sys
 import uuid
@@ -228,8 +229,11 @@ def cmd_export(args: argparse.Namespace, settings: Settings) -> None:
         async for chunk in chunks:
             out.write(chunk.encode())
 
-    trio.run(run)
-    out.flush()
+    try:
+        trio.run(run)
+        out.flush()
+    except BrokenPipeError:  # `tracker export ... | head`: the reader had enough
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 def build_parser() -> argparse.ArgumentParser:

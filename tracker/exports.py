@@ -40,8 +40,8 @@ so an export parsed back gives the stored values exactly.
 
 from __future__ import annotations
 
-import csv
-import io
+import functools
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -85,8 +85,22 @@ class ExportHeader:
 
 
 def utc_time(ts: float) -> str:
-    """A UTC unix time as ISO 8601 with `Z`; microseconds only when there is a fraction."""
-    return datetime.fromtimestamp(ts, UTC).replace(tzinfo=None).isoformat() + "Z"
+    """A UTC unix time as ISO 8601 with `Z`; a fraction only when there is one (to the µs)."""
+    whole = math.floor(ts)
+    micro = round((ts - whole) * 1e6)
+    if micro == 1_000_000:
+        whole, micro = whole + 1, 0
+    minute, second = divmod(whole % 3600, 60)
+    text = f"{_hour_prefix(whole // 3600)}{minute:02d}:{second:02d}"
+    if micro:
+        text += f".{micro:06d}".rstrip("0")
+    return text + "Z"
+
+
+@functools.lru_cache(maxsize=256)
+def _hour_prefix(hour: int) -> str:
+    # Fixes come in time order: the date and hour are formatted once an hour, not per fix.
+    return datetime.fromtimestamp(hour * 3600, UTC).strftime("%Y-%m-%dT%H:")
 
 
 def xml_decimal(value: float) -> str:
@@ -283,26 +297,23 @@ class CsvWriter(Writer):
         return ",".join(CSV_COLUMNS) + "\r\n"
 
     def points(self, positions: Iterable[Position]) -> str:
-        buffer = io.StringIO()
-        rows = csv.writer(buffer)
-        rows.writerows(
-            (
-                utc_time(p.timestamp),
-                repr(p.latitude),
-                repr(p.longitude),
-                _csv_number(p.speed),
-                _csv_number(p.heading),
-                _csv_number(p.accuracy),
-                _csv_number(p.altitude),
-                p.track_token or "",
-            )
+        return "".join(
+            f"{utc_time(p.timestamp)},{p.latitude!r},{p.longitude!r},{_csv_number(p.speed)},"
+            f"{_csv_number(p.heading)},{_csv_number(p.accuracy)},{_csv_number(p.altitude)},"
+            f"{_csv_text(p.track_token or '')}\r\n"
             for p in positions
         )
-        return buffer.getvalue()
 
 
 def _csv_number(value: float | None) -> str:
     return "" if value is None else repr(value)
+
+
+def _csv_text(value: str) -> str:
+    """RFC 4180 quoting, only when the value needs it (a client's trip id may hold a comma)."""
+    if any(c in value for c in ',"\r\n'):
+        return '"' + value.replace('"', '""') + '"'
+    return value
 
 
 def writer_for(file_format: str, points: bool = False) -> Writer:
