@@ -23,6 +23,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import gpxpy
+import gpxpy.gpx
 import httpx
 import pytest
 from lxml import etree
@@ -299,6 +300,31 @@ async def test_an_imported_backlog_does_not_become_the_live_position(http, track
     assert imported.json()["accepted"] == 50
     live = await http.get(f"/devices/{copy}/position", headers=bearer(fleet.a.read_token))
     assert (live.json()["latitude"], live.json()["longitude"]) == (10.0, 20.0)
+
+
+async def test_a_gpx_file_from_another_app_is_imported_as_a_trip(http, tracker, fleet):
+    written = gpxpy.gpx.GPX()
+    track = gpxpy.gpx.GPXTrack()
+    segment = gpxpy.gpx.GPXTrackSegment()
+    start = int(NOW - 5000)
+    for i in range(12):
+        segment.points.append(
+            gpxpy.gpx.GPXTrackPoint(
+                48.85 + i * 0.001, 2.35, elevation=35 + i, time=utc(start + 15 * i)
+            )
+        )
+    track.segments.append(segment)
+    written.tracks.append(track)
+    device = await new_device(tracker, fleet, "alpha-truck-5")
+
+    imported = await import_gpx(http, fleet.a.admin_token, device, written.to_xml().encode())
+    assert imported.json() == {"accepted": 12, "duplicates": 0}
+    read = bearer(fleet.a.read_token)
+    (trip,) = (await http.get(f"/devices/{device}/trips", headers=read)).json()["items"]
+    assert trip["waypoint_count"] == 12 and trip["started_at"] == start
+    assert trip["start"] == {"latitude": 48.85, "longitude": 2.35}
+    detail = await http.get(f"/devices/{device}/trips/{trip['track_token']}", headers=read)
+    assert [w["altitude"] for w in detail.json()["waypoints"]] == [35 + i for i in range(12)]
 
 
 def gpx_document(points: str, prolog: str = "") -> bytes:

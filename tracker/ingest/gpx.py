@@ -28,17 +28,21 @@ from xml.etree.ElementTree import ParseError
 from defusedxml import DefusedXmlException
 from defusedxml.ElementTree import iterparse
 
+from tracker.exports import TRACKER_NS
 from tracker.ingest.native import IngestError
 from tracker.models import InvalidField, Position
 
+# A point's values by element: GPX's own and Garmin's by local name (GPX 1.0 and 1.1,
+# TrackPointExtension v1 and v2), tracker's only in its namespace.
 _POINT_VALUES = {
     "ele": "altitude",
     "time": "timestamp",
     "speed": "speed",
     "course": "heading",
-    "accuracy": "accuracy",
-    "battery": "battery",
+    f"{{{TRACKER_NS}}}accuracy": "accuracy",
+    f"{{{TRACKER_NS}}}battery": "battery",
 }
+_TRIP = f"{{{TRACKER_NS}}}trip"
 
 
 def _local(tag: str) -> str:
@@ -93,9 +97,10 @@ def _segments(body: bytes) -> list[_Segment]:
                 segment.points.append((path, point))
                 point = None
                 element.clear()
-            elif point is not None and name in _POINT_VALUES:
-                point[_POINT_VALUES[name]] = (element.text or "").strip()
-            elif name == "trip" and segment is not None and point is None:
+            elif point is not None and (name in _POINT_VALUES or element.tag in _POINT_VALUES):
+                key = _POINT_VALUES.get(element.tag) or _POINT_VALUES[name]
+                point[key] = (element.text or "").strip()
+            elif element.tag == _TRIP and segment is not None and point is None:
                 segment.track_token = (element.text or "").strip() or None
             elif name == "trkseg":
                 segment = None
