@@ -15,8 +15,13 @@ from tests.conftest import bearer
 from tracker.models import Position
 from tracker.store import devices as devices_store
 from tracker.store import sessions as sessions_store
+from tracker.store import trips as trips_store
 
 PREFIX = "/api/v1"
+GPX = (
+    b'<gpx version="1.1" creator="a" xmlns="http://www.topografix.com/GPX/1/1"><trk><trkseg>'
+    b'<trkpt lat="1" lon="1"><time>2026-01-01T00:00:00Z</time></trkpt></trkseg></trk></gpx>'
+)
 
 # Routes with no JWT: their credential is something else, or nothing.
 PUBLIC = {
@@ -72,6 +77,11 @@ MATRIX = {
     "GET /api/v1/devices/<device_token>/tracks": {},
     "GET /api/v1/devices/<device_token>/stats": {},
     "POST /api/v1/devices/<device_token>/positions": {"body": {"latitude": 1, "longitude": 1}},
+    "GET /api/v1/devices/<device_token>/trips": {},
+    "GET /api/v1/devices/<device_token>/trips/<track_token>": {},
+    "GET /api/v1/devices/<device_token>/trips/<track_token>/export": {},
+    "GET /api/v1/devices/<device_token>/positions/export": {},
+    "POST /api/v1/devices/<device_token>/positions/import": {"body": "gpx"},
     "POST /api/v1/sharing/sessions": {"body": {"device_token": "{device}"}},
     "GET /api/v1/sharing/sessions": {"instance_in_query": True},
     "GET /api/v1/sharing/sessions/<session_id>": {},
@@ -119,10 +129,12 @@ async def b_secrets_and_ids(tracker, fleet, http) -> tuple[dict[str, str], list[
         headers=bearer(fleet.b.admin_token),
     )
     session = created.json()
+    trip = await tracker.db.read(trips_store.latest, fleet.b.device_token)
     ids = {
         "device": fleet.b.device_token,
         "session": session["id"],
         "instance": fleet.b.instance_id,
+        "trip": trip.track_token,
     }
     secrets = [
         "Bravo",
@@ -132,6 +144,7 @@ async def b_secrets_and_ids(tracker, fleet, http) -> tuple[dict[str, str], list[
         fleet.b.device_token,
         session["id"],
         fleet.b.instance_id,
+        trip.track_token,
     ]
     return ids, secrets, session["share_token"]
 
@@ -142,6 +155,7 @@ async def test_instance_a_token_never_reaches_instance_b(http, tracker, fleet):
         "instance_id": ids["instance"],
         "device_token": ids["device"],
         "session_id": ids["session"],
+        "track_token": ids["trip"],
     }
     failures = []
     for key, entry in MATRIX.items():
@@ -155,9 +169,18 @@ async def test_instance_a_token_never_reaches_instance_b(http, tracker, fleet):
             queries.append({})
         for query in queries:
             for token in (fleet.a.admin_token, fleet.a.read_token, share_token):
-                response = await http.request(
-                    method, path, params=query, json=body, headers=bearer(token)
-                )
+                if body == "gpx":  # the import takes a GPX file, not JSON
+                    response = await http.request(
+                        method,
+                        path,
+                        params=query,
+                        content=GPX,
+                        headers={**bearer(token), "Content-Type": "application/gpx+xml"},
+                    )
+                else:
+                    response = await http.request(
+                        method, path, params=query, json=body, headers=bearer(token)
+                    )
                 if response.status_code not in (401, 403, 404):
                     failures.append((key, query, response.status_code))
                 leaked = [s for s in secrets if s in response.text]

@@ -201,6 +201,7 @@ class FuzzTarget:
     session_id: str
     share_token: str
     device_token: str = "dev1"
+    track_token: str = ""  # dev1's trip
     statuses: Counter = field(default_factory=Counter)
     started: float = field(default_factory=time.monotonic)
 
@@ -240,7 +241,11 @@ class FuzzTarget:
             path["device_token"] = self.device_token
         if "session_id" in path and not changes_session:
             path["session_id"] = self.session_id
-        for name, value in (("instance_id", self.instance_id), ("share_token", self.share_token)):
+        for name, value in (
+            ("instance_id", self.instance_id),
+            ("share_token", self.share_token),
+            ("track_token", self.track_token),
+        ):
             if name in path:
                 path[name] = value
         if "instance_id" in query:
@@ -295,6 +300,9 @@ def fuzz_target(tmp_path, request) -> Iterator[FuzzTarget]:
             admin_token=admin_token,
             session_id=session["id"],
             share_token=session["share_token"],
+            track_token=httpx.get(f"{api}/devices/dev1/stats", headers=bearer(admin_token)).json()[
+                "track_token"
+            ],
         )
         yield target
         elapsed = time.monotonic() - target.started

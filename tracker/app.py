@@ -99,6 +99,7 @@ def create_app(settings: Settings, db: Database | None = None) -> Quart:
             {"name": "devices", "description": "Registering devices and their ingest keys"},
             {"name": "metadata", "description": "Devices' display names and profiles"},
             {"name": "positions", "description": "Last position, current trip, trip stats"},
+            {"name": "history", "description": "Trips over time; GPX, GeoJSON, CSV export; import"},
             {"name": "ingest", "description": "Positions from a device's own code"},
             {"name": "sharing", "description": "Share sessions, admin side"},
             {"name": "share", "description": "A share link, public side"},
@@ -153,6 +154,7 @@ def create_app(settings: Settings, db: Database | None = None) -> Quart:
         console_page,
         devices,
         health,
+        history,
         ingest,
         instances,
         metadata,
@@ -169,6 +171,7 @@ def create_app(settings: Settings, db: Database | None = None) -> Quart:
         devices.blueprint,
         metadata.blueprint,
         positions.blueprint,
+        history.blueprint,
         ingest.api_blueprint,
         sharing.blueprint,
         share.blueprint,
@@ -197,7 +200,11 @@ def create_app(settings: Settings, db: Database | None = None) -> Quart:
         if request.method in ("POST", "PUT", "PATCH", "DELETE"):
             await request.get_data()
             if request.content_length and not _body_type_allowed():
-                raise UnsupportedMediaType("send the body as application/json")
+                raise UnsupportedMediaType(
+                    "send the body as application/gpx+xml"
+                    if _is_gpx_import(request.path)
+                    else "send the body as application/json"
+                )
 
     @app.after_request
     async def _close_after_oversize(response: Response) -> Response:
@@ -263,7 +270,18 @@ async def run_background(
 
 
 class StrictJSONRequest(TrioRequest):
-    """A request whose JSON errors say what is wrong (Quart's say only "Bad Request")."""
+    """A request whose JSON errors say what is wrong (Quart's say only "Bad Request").
+
+    A GPX import may be larger than other bodies (tracker/api/history.py); the
+    body's limit is fixed when the request is made, so it is chosen here.
+    """
+
+    def __init__(self, method: str, scheme: str, path: str, *args, **kwargs):
+        if _is_gpx_import(path):
+            from tracker.api.history import IMPORT_MAX_BODY_BYTES
+
+            kwargs["max_content_length"] = IMPORT_MAX_BODY_BYTES
+        super().__init__(method, scheme, path, *args, **kwargs)
 
     async def get_json(self, force: bool = False, silent: bool = False, cache: bool = True):
         if not (force or self.is_json):
@@ -276,7 +294,13 @@ class StrictJSONRequest(TrioRequest):
             raise BadRequest(str(error)) from None
 
 
+def _is_gpx_import(path: str) -> bool:
+    return path.endswith("/positions/import")
+
+
 def _body_type_allowed() -> bool:
     if request.path.startswith("/ingest/") or request.path == "/":
         return True  # phone apps: forms, JSON with or without a content type
+    if _is_gpx_import(request.path):
+        return request.mimetype in ("application/gpx+xml", "application/xml", "text/xml")
     return request.mimetype in ("application/json", "")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sqlite3
 import sys
 import uuid
@@ -307,6 +308,35 @@ def cmd_user_passwd(args: argparse.Namespace, settings: Settings) -> None:
     _emit(args, {"username": args.username}, f"password of {args.username} changed")
 
 
+def cmd_export(args: argparse.Namespace, settings: Settings) -> None:
+    import trio
+
+    from tracker.api.history import export_chunks, parse_window
+    from tracker.exports import writer_for
+
+    db = _open_database(settings)
+    device = db.read_sync(devices.get, args.device)
+    if device is None:
+        raise CommandError(f"no device {args.device!r}")
+    try:
+        low, high = parse_window(args.from_, args.to)
+    except InvalidField as error:
+        raise CommandError(f"--{error.field}: {error.message}") from None
+    writer = writer_for(args.format, args.points)
+    out = sys.stdout.buffer
+
+    async def run() -> None:
+        chunks = export_chunks(db.read, device, low, high, writer, settings.trips.split_gap_seconds)
+        async for chunk in chunks:
+            out.write(chunk.encode())
+
+    try:
+        trio.run(run)
+        out.flush()
+    except BrokenPipeError:  # `tracker export ... | head`: the reader had enough
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
@@ -351,6 +381,15 @@ def build_parser() -> argparse.ArgumentParser:
     add.add_argument("--instance", required=True, help="instance id")
     add.add_argument("--token", help="device token (default: a new UUID)")
     add.add_argument("--name", help='display name, e.g. "First Last"')
+
+    export = command(commands, "export", cmd_export, "write a device's positions as a file")
+    export.add_argument("--device", required=True, help="device token")
+    export.add_argument(
+        "--from", dest="from_", help="unix seconds or ISO 8601 (default: 7 days before --to)"
+    )
+    export.add_argument("--to", help="unix seconds or ISO 8601 (default: now)")
+    export.add_argument("--format", default="gpx", choices=("gpx", "geojson", "csv"))
+    export.add_argument("--points", action="store_true", help="GeoJSON: a Point per fix")
 
     token = commands.add_parser("token", help="mint access tokens")
     token_commands = token.add_subparsers(dest="action", required=True, metavar="ACTION")

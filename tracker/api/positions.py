@@ -129,10 +129,13 @@ async def get_tracks(device_token: str, principal: Principal) -> dict:
 @requires("read", "admin")
 async def get_stats(device_token: str, principal: Principal) -> dict:
     trip = await _latest_trip(principal, device_token)
-    style = time_style()
-    gap = current().settings.trips.split_gap_seconds
+    return trip_fields(trip, time_style(), current().settings.trips.split_gap_seconds)
+
+
+def trip_fields(trip: Trip, style: TimeStyle, gap_seconds: float) -> dict:
+    """A trip's stats as `/stats` answers them; `/trips` lists the same fields."""
     return {
-        "device_token": device_token,
+        "device_token": trip.device_token,
         "track_token": trip.track_token,
         "started_at": style.format(trip.started_at),
         "ended_at": style.format(trip.ended_at),
@@ -143,5 +146,5 @@ async def get_stats(device_token: str, principal: Principal) -> dict:
         "waypoint_count": trip.waypoint_count,
         "start": {"latitude": trip.start_lat, "longitude": trip.start_lon},
         "end": {"latitude": trip.end_lat, "longitude": trip.end_lon},
-        "active": trip.is_active(time.time(), gap),
+        "active": trip.is_active(time.time(), gap_seconds),
     }

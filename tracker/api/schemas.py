@@ -171,6 +171,36 @@ class DeviceTrackQuery(DeviceReadQuery):
     )
 
 
+class WindowQuery(BaseModel):
+    from_: str = query(
+        "start of the window: unix seconds or ISO 8601 (default: 7 days before `to`)",
+        alias="from",
+        max_length=64,
+    )
+    to: str = query("end of the window: unix seconds or ISO 8601 (default: now)", max_length=64)
+
+
+class TripListQuery(DeviceReadQuery, WindowQuery):
+    limit: int = query(
+        f"page size, 1-{MAX_PAGE_SIZE} (default {DEFAULT_PAGE_SIZE})", ge=1, le=MAX_PAGE_SIZE
+    )
+    offset: int = query("items to skip (default 0)", ge=0, le=MAX_OFFSET)
+
+
+class TripExportQuery(BaseModel):
+    instance_id: str = query("the device's instance (checked against the token)")
+    format: Literal["gpx", "geojson", "csv"] = query(
+        "`gpx` (default): GPX 1.1; `geojson`: RFC 7946; `csv`: a header row, times in UTC"
+    )
+    points: bool = query(
+        "GeoJSON only: one Point per fix instead of one LineString per trip (default false)"
+    )
+
+
+class RangeExportQuery(TripExportQuery, WindowQuery):
+    pass
+
+
 class InstanceQuery(BaseModel):
     instance_id: str = query("the device's instance (checked against the token)")
 
@@ -417,7 +447,7 @@ class LatLon(Shape):
 
 
 class TripStats(Shape):
-    """The device's latest trip: times, distance, speeds, ends."""
+    """A trip: times, distance, speeds, ends (`/stats`: the device's latest trip)."""
 
     device_token: str
     track_token: str
@@ -464,6 +494,15 @@ class DevicePage(Shape):
     offset: int
 
 
+class TripPage(Shape):
+    """One page of the device's trips that overlap the window, newest first."""
+
+    items: list[TripStats]
+    total: int
+    limit: int
+    offset: int
+
+
 class SignedIn(Shape):
     """A JWT for the user, accepted wherever a minted token is."""
 
@@ -472,6 +511,57 @@ class SignedIn(Shape):
     scope: Literal["read", "admin"] = Field(description="admin for role admin, read for viewer")
     instances: list[str] | Literal["*"] = Field(description="the user's instance, or * for all")
     username: str
+
+
+class TripDetail(TripStats):
+    """One trip's stats and a page of its waypoints, in time order."""
+
+    count: int = Field(description="waypoints in this page")
+    waypoints: list[Waypoint]
+    has_more: bool = Field(description="later waypoints remain: ask again with `since=next_since`")
+    next_since: float | None = Field(
+        description="exact unix time of this page's last waypoint when more remain, else null"
+    )
+
+
+class MediaBody(BaseModel):
+    """A body that is not JSON: `media_types` maps each media type to its schema."""
+
+    media_types: ClassVar[dict[str, dict[str, Any]]] = {}
+
+
+class ExportFile(MediaBody):
+    """The file, streamed (docs/decisions.md, "History and exports")."""
+
+    media_types: ClassVar[dict[str, dict[str, Any]]] = {
+        "application/gpx+xml": {"type": "string", "description": "GPX 1.1"},
+        "application/geo+json": {
+            "type": "object",
+            "description": "an RFC 7946 FeatureCollection",
+            "required": ["type", "features"],
+            "properties": {
+                "type": {"const": "FeatureCollection"},
+                "features": {"type": "array", "items": {"type": "object"}},
+            },
+        },
+        "text/csv": {"type": "string", "description": "a header row, then one row per fix"},
+    }
+
+
+class GpxUpload(MediaBody):
+    """A GPX 1.0 or 1.1 file (at most 20 MiB); its track points are imported."""
+
+    media_types: ClassVar[dict[str, dict[str, Any]]] = {
+        media_type: {"type": "string", "description": "GPX"}
+        for media_type in ("application/gpx+xml", "application/xml", "text/xml")
+    }
+
+
+class Attachment(BaseModel):
+    content_disposition: str = Field(
+        alias="Content-Disposition",
+        description='`attachment; filename="<device>_<from>_<to>.<format>"`',
+    )
 
 
 class PositionsAccepted(Shape):
@@ -638,10 +728,20 @@ class PhoneAppAck(NoContent):
 class TrackerOpenAPIProvider(OpenAPIProvider):
     """quart-schema's builder, plus bodiless answers, response headers, and named errors."""
 
+    def build_request_body(self, model: type[BaseModel], source: Any) -> tuple[dict, dict]:
+        if issubclass(model, MediaBody):
+            content = {name: {"schema": schema} for name, schema in model.media_types.items()}
+            return {"content": content, "required": True, "description": model.__doc__}, {}
+        return super().build_request_body(model, source)
+
     def build_response_object(
         self, model: type[BaseModel], headers_model: type[BaseModel] | None
     ) -> tuple[dict[str, Any], dict[str, Any]]:
-        if issubclass(model, NoContent):
+        if issubclass(model, MediaBody):
+            content = {name: {"schema": schema} for name, schema in model.media_types.items()}
+            response = {"content": content, "description": inspect.getdoc(model)}
+            definitions = {}
+        elif issubclass(model, NoContent):
             response: dict[str, Any] = {"description": inspect.getdoc(model)}
             definitions: dict[str, Any] = {}
         elif getattr(model, "media_type", None):

@@ -1,7 +1,7 @@
 """The positions table: insert a checked batch, read the latest fix and a trip's fixes, prune.
 
 Every read of a trip's fixes is bounded: a fix's two neighbours in time (for
-the writer), or one page (for `/tracks`), each an index seek on
+the writer), or one page (for `/tracks` and the exports), each an index seek on
 `positions_trip` (device_token, track_token, ts), whatever the trip's length.
 """
 
@@ -193,6 +193,35 @@ def recent(conn: sqlite3.Connection, device_token: str, since: float) -> list[Po
     rows = conn.execute(
         f"SELECT {_COLUMNS} FROM positions WHERE device_token = ? AND ts >= ? ORDER BY ts",
         (device_token, since),
+    ).fetchall()
+    return [_position(row) for row in rows]
+
+
+def count_in_trip(
+    conn: sqlite3.Connection, device_token: str, track_token: str, low: float, high: float
+) -> int:
+    """How many of the trip's fixes lie in [low, high] (an index range count)."""
+    return conn.execute(
+        "SELECT COUNT(*) FROM positions WHERE device_token = ? AND track_token = ?"
+        " AND ts BETWEEN ? AND ?",
+        (device_token, track_token, low, high),
+    ).fetchone()[0]
+
+
+def trip_window_page(
+    conn: sqlite3.Connection,
+    device_token: str,
+    track_token: str,
+    after: float,
+    high: float,
+    limit: int,
+) -> list[Position]:
+    """Up to `limit` of the trip's fixes in (after, high], in time order: one page of an
+    export. A device has one fix per timestamp, so `ts` alone is the keyset."""
+    rows = conn.execute(
+        f"SELECT {_COLUMNS} FROM positions WHERE device_token = ? AND track_token = ?"
+        " AND ts > ? AND ts <= ? ORDER BY ts LIMIT ?",
+        (device_token, track_token, after, high, limit),
     ).fetchall()
     return [_position(row) for row in rows]
 

@@ -26,6 +26,44 @@ def near(conn: sqlite3.Connection, device_token: str, low: float, high: float) -
     return [_trip(row) for row in rows]
 
 
+def count_in_window(conn: sqlite3.Connection, device_token: str, low: float, high: float) -> int:
+    return conn.execute(
+        "SELECT COUNT(*) FROM trips WHERE device_token = ? AND ended_at >= ? AND started_at <= ?",
+        (device_token, low, high),
+    ).fetchone()[0]
+
+
+def newest_in_window(
+    conn: sqlite3.Connection, device_token: str, low: float, high: float, limit: int, offset: int
+) -> list[Trip]:
+    """One page of the device's trips that overlap [low, high], newest (latest end) first."""
+    rows = conn.execute(
+        f"SELECT {_COLUMNS} FROM trips WHERE device_token = ? AND ended_at >= ? AND started_at <= ?"
+        " ORDER BY ended_at DESC, track_token LIMIT ? OFFSET ?",
+        (device_token, low, high, limit, offset),
+    ).fetchall()
+    return [_trip(row) for row in rows]
+
+
+def oldest_in_window_after(
+    conn: sqlite3.Connection,
+    device_token: str,
+    low: float,
+    high: float,
+    after: tuple[float, str] | None,
+    limit: int,
+) -> list[Trip]:
+    """Up to `limit` trips overlapping [low, high] in order of start, after the
+    (started_at, track_token) key `after` (keyset paging, for exports)."""
+    start, token = after if after is not None else (float("-inf"), "")
+    rows = conn.execute(
+        f"SELECT {_COLUMNS} FROM trips WHERE device_token = ? AND ended_at >= ? AND started_at <= ?"
+        " AND (started_at, track_token) > (?, ?) ORDER BY started_at, track_token LIMIT ?",
+        (device_token, low, high, start, token, limit),
+    ).fetchall()
+    return [_trip(row) for row in rows]
+
+
 def get(conn: sqlite3.Connection, device_token: str, track_token: str) -> Trip | None:
     row = conn.execute(
         f"SELECT {_COLUMNS} FROM trips WHERE device_token = ? AND track_token = ?",
