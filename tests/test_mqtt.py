@@ -14,8 +14,11 @@ from __future__ import annotations
 import json
 import logging
 import os
+import pwd
+import signal
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -23,8 +26,10 @@ import httpx
 import pytest
 import trio
 
-from tests.conftest import bearer, free_port, start_server
+from tests.conftest import ServerProcess, bearer, free_port, start_server
 from tracker.app import create_app
+from tracker.config import ConfigError, MqttBroker, load_settings
+from tracker.errors import StorageUnavailable
 from tracker.store import devices, instances
 
 MOSQUITTO = "/usr/sbin/mosquitto"
@@ -55,6 +60,9 @@ class Mosquitto:
         self.port = free_port()
         self.process: subprocess.Popen | None = None
         lines = [f"listener {self.port} 127.0.0.1", "persistence false", "log_dest stderr"]
+        # Run as the test's own user: mosquitto started as root drops to `mosquitto`, who
+        # cannot read the password file in pytest's private temp dir.
+        lines.append(f"user {pwd.getpwuid(os.getuid()).pw_name}")
         if users:
             passwords = workdir / "passwords"
             for number, (user, password) in enumerate(users.items()):
@@ -381,3 +389,228 @@ async def test_messages_published_while_tracker_is_stopped_arrive_when_it_starts
             tracks = (await http.get(f"/devices/{phone[0]}/tracks")).json()
         assert tracks["count"] == 2
         nursery.cancel_scope.cancel()
+
+
+async def test_a_message_is_acknowledged_only_after_it_is_committed(
+    app, settings, broker, tracker, phone, monkeypatch
+):
+    """While the database cannot store, the message stays unacknowledged: a tracker stopped
+    then finds it redelivered by the broker, and stores it."""
+
+    async def storage_down(device_token, positions):
+        raise StorageUnavailable("disk full")
+
+    monkeypatch.setattr(tracker.writer, "submit", storage_down)
+    async with trio.open_nursery() as nursery:
+        await start_server(nursery, app, settings)
+        await subscribed(tracker)
+        await broker.publish(TOPIC, ios_location(NOW - 30))
+        await handled(tracker, failed=1)
+        nursery.cancel_scope.cancel()
+
+    again = create_app(settings)
+    async with trio.open_nursery() as nursery:
+        server = await start_server(nursery, again, settings)
+        await handled(again.extensions["tracker"], stored=1)
+        async with httpx.AsyncClient(base_url=server.api, headers=phone[1]) as http:
+            position = (await http.get(f"/devices/{phone[0]}/position?date_format=unix")).json()
+        assert position["timestamp"] == NOW - 30
+        nursery.cancel_scope.cancel()
+
+
+async def test_storing_is_tried_again_when_the_database_comes_back(
+    live, broker, tracker, phone, monkeypatch
+):
+    submit = tracker.writer.submit
+    failures = []
+
+    async def down_once(device_token, positions):
+        if not failures:
+            failures.append(device_token)
+            raise StorageUnavailable("disk full")
+        return await submit(device_token, positions)
+
+    monkeypatch.setattr(tracker.writer, "submit", down_once)
+    await broker.publish(TOPIC, ios_location(NOW - 30))
+    await handled(tracker, failed=1, stored=1)
+
+    assert (await live.get(f"/devices/{phone[0]}/tracks")).json()["count"] == 1
+
+
+# -- the broker's address and credentials -------------------------------------------------
+
+
+@pytest.fixture
+def guarded_broker(tmp_path):
+    require_mosquitto()
+    (tmp_path / "guarded").mkdir()
+    mosquitto = Mosquitto(tmp_path / "guarded", users={"tracker": "s3cret:pass", "alice": "pw"})
+    mosquitto.start()
+    yield mosquitto
+    mosquitto.stop()
+
+
+async def test_tracker_logs_in_to_the_broker_with_the_urls_user_and_password(
+    guarded_broker, settings, phone, tracker, caplog
+):
+    caplog.set_level(logging.INFO)
+    url = f"mqtt://tracker:s3cret%3Apass@127.0.0.1:{guarded_broker.port}"
+    app = create_app(settings.replace(ingest={"mqtt_url": url}))
+    mine = app.extensions["tracker"]
+    async with trio.open_nursery() as nursery:
+        await start_server(nursery, app, settings)
+        await subscribed(mine)
+        await guarded_broker.publish(TOPIC, ios_location(NOW - 5), auth=("alice", "pw"))
+        await handled(mine, stored=1)
+        nursery.cancel_scope.cancel()
+    assert "s3cret" not in caplog.text
+    assert f"connected to the MQTT broker at 127.0.0.1:{guarded_broker.port}" in caplog.text
+
+
+async def test_a_wrong_password_is_one_warning_not_a_traceback_and_the_server_still_serves(
+    guarded_broker, settings, caplog
+):
+    caplog.set_level(logging.INFO)
+    url = f"mqtt://tracker:wrong-password@127.0.0.1:{guarded_broker.port}"
+    settings = settings.replace(ingest={"mqtt_url": url})
+    app = create_app(settings)
+    broker_log = guarded_broker.workdir / "mosquitto.log"
+    async with trio.open_nursery() as nursery:
+        server = await start_server(nursery, app, settings)
+        async with httpx.AsyncClient(base_url=server.api) as http:
+            assert (await http.get("/health")).status_code == 200
+        # Let tracker try (and be refused) three times: one line says so, not three.
+        await until(lambda: broker_log.read_text().count("not authorised") >= 3, "3 refusals")
+        nursery.cancel_scope.cancel()
+    mine = [r for r in caplog.records if r.name == "tracker.ingest.mqtt"]
+    refused = [r for r in mine if "refused tracker" in r.getMessage()]
+    assert len(refused) == 1 and refused[0].levelno == logging.WARNING
+    assert "Not authorized" in refused[0].getMessage()
+    assert not any(r.exc_info for r in caplog.records)
+    assert "wrong-password" not in caplog.text
+
+
+async def test_a_broker_that_is_down_at_start_is_retried_until_it_comes_up(
+    tmp_path, settings, phone, caplog
+):
+    require_mosquitto()
+    later = Mosquitto(tmp_path)  # its port is chosen, nothing listens there yet
+    settings = settings.replace(ingest={"mqtt_url": later.url})
+    app = create_app(settings)
+    mine = app.extensions["tracker"]
+    caplog.set_level(logging.INFO)
+    try:
+        async with trio.open_nursery() as nursery:
+            await start_server(nursery, app, settings)
+            await until(lambda: "cannot reach the MQTT broker" in caplog.text, "a warning")
+            later.start()
+            await subscribed(mine)
+            await later.publish(TOPIC, ios_location(NOW - 5))
+            await handled(mine, stored=1)
+            nursery.cancel_scope.cancel()
+    finally:
+        later.stop()
+    assert caplog.text.count("cannot reach the MQTT broker") == 1
+    assert not any(r.exc_info for r in caplog.records)
+
+
+def test_the_brokers_password_is_never_shown_in_a_configuration_error():
+    with pytest.raises(ConfigError) as refused:
+        load_settings(environ={"TRACKER_INGEST_MQTT_URL": "mqtt://me:hunter2@broker:1883/path"})
+    assert "hunter2" not in str(refused.value) and "ingest.mqtt_url" in str(refused.value)
+    for url in ("http://broker", "mqtt://", "mqtt://broker:99999"):
+        with pytest.raises(ConfigError):
+            load_settings(environ={"TRACKER_INGEST_MQTT_URL": url})
+    broker = load_settings(environ={"TRACKER_INGEST_MQTT_URL": "mqtts://a%40b:p@broker"})
+    assert broker.ingest.mqtt_broker == MqttBroker("broker", 8883, True, "a@b", "p")
+
+
+# -- giving a device its topic ---------------------------------------------------------------
+
+
+async def test_an_admin_gives_changes_and_clears_a_devices_mqtt_topic(client, fleet, tracker):
+    admin_a, admin_b = bearer(fleet.a.admin_token), bearer(fleet.b.admin_token)
+    path = f"/api/v1/devices/{fleet.a.device_token}/mqtt-topic"
+
+    given = await client.put(path, json={"mqtt_topic": "owntracks/ann/car"}, headers=admin_a)
+    assert given.status_code == 200
+    assert await given.get_json() == {
+        "device_token": fleet.a.device_token,
+        "mqtt_topic": "owntracks/ann/car",
+    }
+    assert tracker.db.read_sync(devices.by_mqtt_topic, "owntracks/ann/car").token == (
+        fleet.a.device_token
+    )
+
+    for wrong in ("owntracks/+/car", "owntracks/ann/#", "/owntracks/ann", "owntracks//car", ""):
+        response = await client.put(path, json={"mqtt_topic": wrong}, headers=admin_a)
+        assert response.status_code == 422, wrong
+    outside = await client.put(path, json={"mqtt_topic": "fleet/ann/car"}, headers=admin_a)
+    assert outside.status_code == 422
+    assert "owntracks/+/+" in (await outside.get_json())["error"]["message"]
+
+    other = f"/api/v1/devices/{fleet.b.device_token}/mqtt-topic"
+    taken = await client.put(other, json={"mqtt_topic": "owntracks/ann/car"}, headers=admin_b)
+    assert taken.status_code == 409
+    not_yours = await client.put(other, json={"mqtt_topic": "owntracks/x/y"}, headers=admin_a)
+    assert not_yours.status_code == 404
+
+    cleared = await client.put(path, json={"mqtt_topic": None}, headers=admin_a)
+    assert (await cleared.get_json())["mqtt_topic"] is None
+    assert tracker.db.read_sync(devices.by_mqtt_topic, "owntracks/ann/car") is None
+
+
+def test_tracker_device_add_takes_the_mqtt_topic(tmp_path):
+    process = ServerProcess(tmp_path)
+    instance_id = json.loads(process.cli("instance", "create", "Couriers", "--json"))["instance_id"]
+    added = json.loads(
+        process.cli("device", "add", "--instance", instance_id, "--mqtt-topic", TOPIC, "--json")
+    )
+    assert added["mqtt_topic"] == TOPIC
+
+    for topic, says in ((TOPIC, "already has"), ("owntracks/#", "wildcards")):
+        refused = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "tracker",
+                "device",
+                "add",
+                "--instance",
+                instance_id,
+                "--mqtt-topic",
+                topic,
+            ],
+            cwd=tmp_path,
+            env=process.env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert refused.returncode == 2 and says in refused.stderr
+        assert refused.stderr.count("\n") == 1  # one line, no traceback
+
+
+# -- stopping --------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_tracker_serve_with_mqtt_stops_at_once_and_cleanly(tmp_path, broker):
+    (tmp_path / "server").mkdir()
+    process = ServerProcess(
+        tmp_path / "server",
+        env={"TRACKER_AUTH_JWT_SECRET": "s" * 48, "TRACKER_INGEST_MQTT_URL": broker.url},
+    )
+    process.start()
+    try:
+        deadline = time.monotonic() + WAIT_SECONDS
+        log = process.workdir / "server.log"
+        while "subscribed to owntracks/+/+" not in log.read_text():
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.05)
+        assert process.stop(signal.SIGTERM) == 0
+    finally:
+        if process.process.poll() is None:
+            process.process.kill()
+    text = log.read_text()
+    assert " ERROR " not in text and "Traceback" not in text, text
