@@ -437,6 +437,22 @@ async def test_storing_is_tried_again_when_the_database_comes_back(
     assert (await live.get(f"/devices/{phone[0]}/tracks")).json()["count"] == 1
 
 
+async def test_a_topic_lookup_that_fails_is_tried_again(live, broker, tracker, phone, monkeypatch):
+    read = tracker.db.read
+    failures = []
+
+    async def unreadable_once(fn, *args):
+        if fn is devices.by_mqtt_topic and not failures:
+            failures.append(args)
+            raise StorageUnavailable("I/O error")
+        return await read(fn, *args)
+
+    monkeypatch.setattr(tracker.db, "read", unreadable_once)
+    await broker.publish(TOPIC, ios_location(NOW - 30))
+    await handled(tracker, stored=1)
+    assert failures == [(TOPIC,)]
+
+
 # -- the broker's address and credentials -------------------------------------------------
 
 

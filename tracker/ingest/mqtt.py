@@ -122,7 +122,7 @@ class MqttIngest:
                             batch.append(receive.receive_nowait())
                         except trio.WouldBlock:
                             break
-                    await self._take(batch, client)
+                    await self._take_when_readable(batch, client)
         finally:
             self._stopping = True
             with trio.CancelScope(shield=True), trio.move_on_after(STOP_WAIT_SECONDS):
@@ -130,6 +130,16 @@ class MqttIngest:
             self.metrics.mqtt_subscribed.set(0)
 
     # -- the trio side: store, count, acknowledge ----------------------------
+
+    async def _take_when_readable(self, batch: list[Delivery], client: paho.Client) -> None:
+        """`_take`, tried again while the database cannot be read (nothing is acknowledged then)."""
+        delay = RECONNECT_MIN_SECONDS
+        while True:
+            try:
+                return await self._take(batch, client)
+            except StorageUnavailable:  # a topic lookup failed, before any commit or ack
+                await trio.sleep(delay)
+                delay = min(delay * 2, STORAGE_RETRY_MAX_SECONDS)
 
     async def _take(self, batch: list[Delivery], client: paho.Client) -> None:
         """Store a batch's locations, then acknowledge in order what is done with."""
