@@ -140,6 +140,13 @@ class IngestSettings(_Section):
             parse_mqtt_url(value)
         return value
 
+    @field_validator("mqtt_ca_file")
+    @classmethod
+    def _ca_file_exists(cls, value: str) -> str:
+        if value and not Path(value).is_file():
+            raise ValueError("no such file")
+        return value
+
     @field_validator("mqtt_topic_prefix")
     @classmethod
     def _topic_prefix_shape(cls, value: str) -> str:

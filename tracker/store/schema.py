@@ -116,7 +116,7 @@ def m002_share_sessions_by_device(db: sqlite_utils.Database) -> None:
 
 
 @migrations()
-def m003_device_mqtt_topic(db: sqlite_utils.Database) -> None:
+def m004_device_mqtt_topic(db: sqlite_utils.Database) -> None:
     # The topic a device's OwnTracks app publishes to over MQTT (tracker/ingest/mqtt.py).
     db.execute("ALTER TABLE devices ADD COLUMN mqtt_topic TEXT")
     db.execute("CREATE UNIQUE INDEX devices_mqtt_topic ON devices(mqtt_topic)")
