@@ -57,6 +57,7 @@ MATRIX = {
     "POST /api/v1/devices": {"body": {"instance_id": "{instance}", "device_token": "stolen"}},
     "POST /api/v1/devices/<device_token>/ingest-key": {},
     "PUT /api/v1/devices/<device_token>/profile": {"body": {"full_name": "Hijacked"}},
+    "PUT /api/v1/devices/<device_token>/mqtt-topic": {"body": {"mqtt_topic": "owntracks/x/y"}},
     "DELETE /api/v1/devices/<device_token>": {},
     "GET /api/v1/devices/metadata": {"instance_in_query": True},
     "GET /api/v1/devices": {"instance_in_query": True},

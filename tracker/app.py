@@ -28,6 +28,7 @@ from tracker.context import Tracker
 from tracker.errors import BadRequest, UnsupportedMediaType, register_error_handlers
 from tracker.expiry import run_sweeper
 from tracker.hub import Hub
+from tracker.ingest.mqtt import MqttIngest
 from tracker.metrics import Metrics
 from tracker.ratelimit import RateLimiter
 from tracker.retention import run_pruner
@@ -251,7 +252,8 @@ def websocket_routes(tracker: Tracker) -> list[tuple[str, Handler]]:
 async def run_background(
     tracker: Tracker, *, task_status: trio.TaskStatus[trio.CancelScope] = trio.TASK_STATUS_IGNORED
 ) -> None:
-    """The long-lived tasks (hub pump, writer, keepalive, pruner, sweepers); cancelled together."""
+    """The long-lived tasks (hub pump, writer, keepalive, pruner, sweepers, MQTT); cancelled
+    together."""
     try:
         with trio.CancelScope() as scope:
             async with trio.open_nursery() as nursery:
@@ -264,6 +266,18 @@ async def run_background(
                 )
                 nursery.start_soon(run_pruner, tracker.db, tracker.settings.storage.retention_days)
                 nursery.start_soon(run_sweeper, tracker.db, tracker.hub)
+                ingest = tracker.settings.ingest
+                if ingest.mqtt_broker is not None:
+                    mqtt = MqttIngest(
+                        ingest.mqtt_broker,
+                        ingest.mqtt_topic_prefix,
+                        ingest.mqtt_client_id,
+                        tracker.db,
+                        tracker.writer,
+                        tracker.metrics,
+                        ingest.mqtt_ca_file,
+                    )
+                    await nursery.start(mqtt.run)
                 task_status.started(scope)
     finally:
         tracker.background_done.set()

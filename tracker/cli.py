@@ -22,7 +22,14 @@ from tracker import __version__
 from tracker.auth import SCOPES, AuthConfigError, parse_ttl
 from tracker.config import ConfigError, Settings, load_settings
 from tracker.errors import StorageUnavailable
-from tracker.models import DeviceToken, InstanceName, InvalidField, Profile, validated
+from tracker.models import (
+    DeviceToken,
+    InstanceName,
+    InvalidField,
+    MqttTopic,
+    Profile,
+    validated,
+)
 from tracker.store import Database, devices, instances
 
 log = logging.getLogger("tracker")
@@ -175,17 +182,32 @@ def cmd_device_add(args: argparse.Namespace, settings: Settings) -> None:
     try:
         token = validated(DeviceToken, args.token or str(uuid.uuid4()), "--token")
         profile = validated(Profile, _profile_from_name(args.name), "--name").as_dict()
+        topic = args.mqtt_topic and validated(MqttTopic, args.mqtt_topic, "--mqtt-topic")
     except InvalidField as error:
         raise CommandError(str(error)) from None
+    if topic:
+        from tracker.ingest.mqtt import is_subscribed, subscription
+
+        prefix = settings.ingest.mqtt_topic_prefix
+        if not is_subscribed(topic, prefix):
+            raise CommandError(
+                f"--mqtt-topic: tracker subscribes to {subscription(prefix)}, so messages on"
+                f" {topic} would never arrive (ingest.mqtt_topic_prefix sets the first level)"
+            )
     try:
-        device, key = db.write_sync(devices.create, args.instance, token, profile)
+        device, key = db.write_sync(
+            devices.create, args.instance, token, profile, "full_name", topic
+        )
     except devices.DuplicateDevice:
         raise CommandError(f"a device {token!r} already exists") from None
-    _emit(
-        args,
-        {"device_token": device.token, "ingest_key": key, "instance_id": device.instance_id},
-        f"device_token: {device.token}\ningest_key:   {key}",
-    )
+    except devices.DuplicateMqttTopic:
+        raise CommandError(f"another device already has the MQTT topic {topic!r}") from None
+    answer = {"device_token": device.token, "ingest_key": key, "instance_id": device.instance_id}
+    text = f"device_token: {device.token}\ningest_key:   {key}"
+    if topic:
+        answer["mqtt_topic"] = topic
+        text += f"\nmqtt_topic:   {topic}"
+    _emit(args, answer, text)
 
 
 def cmd_token_create(args: argparse.Namespace, settings: Settings) -> None:
@@ -381,6 +403,10 @@ def build_parser() -> argparse.ArgumentParser:
     add.add_argument("--instance", required=True, help="instance id")
     add.add_argument("--token", help="device token (default: a new UUID)")
     add.add_argument("--name", help='display name, e.g. "First Last"')
+    add.add_argument(
+        "--mqtt-topic",
+        help="the topic its OwnTracks app publishes to over MQTT, e.g. owntracks/alice/phone",
+    )
 
     export = command(commands, "export", cmd_export, "write a device's positions as a file")
     export.add_argument("--device", required=True, help="device token")

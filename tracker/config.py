@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tomllib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
+from urllib.parse import unquote, urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -78,9 +81,84 @@ class AuthSettings(_Section):
     session_hours: float = Field(12, gt=0, le=24 * 366)
 
 
+@dataclass(frozen=True)
+class MqttBroker:
+    """Where `ingest.mqtt_url` points: mqtt://user:pass@host:1883, or mqtts:// for TLS."""
+
+    host: str
+    port: int
+    tls: bool
+    username: str | None = None
+    password: str | None = None
+
+    @property
+    def address(self) -> str:
+        """host:port, for the log (never the credentials)."""
+        return f"{self.host}:{self.port}"
+
+
+def parse_mqtt_url(url: str) -> MqttBroker:
+    """The broker of an mqtt:// or mqtts:// URL; ValueError (without the URL) if it is not one."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        raise ValueError("not a URL with a valid port") from None
+    if parts.scheme not in ("mqtt", "mqtts"):
+        raise ValueError("must start with mqtt:// or mqtts://")
+    if not parts.hostname:
+        raise ValueError("names no broker host")
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
+        raise ValueError("must be only mqtt[s]://[user:password@]host[:port]")
+    tls = parts.scheme == "mqtts"
+    return MqttBroker(
+        host=parts.hostname,
+        port=port or (8883 if tls else 1883),
+        tls=tls,
+        username=None if parts.username is None else unquote(parts.username),
+        password=None if parts.password is None else unquote(parts.password),
+    )
+
+
+def _without_password(url: object) -> object:
+    if not isinstance(url, str):
+        return url
+    return re.sub(r"(//[^/@:]*:)[^/]*@", r"\1***@", url)
+
+
 class IngestSettings(_Section):
     osmand_port: int = Field(0, ge=0, le=65535)
     auto_register_instance: str = ""
+    mqtt_url: str = ""  # empty: no MQTT; the password in it is never logged
+    mqtt_topic_prefix: str = "owntracks"
+    mqtt_client_id: str = Field("tracker", min_length=1, max_length=23)
+    mqtt_ca_file: str = ""  # mqtts:// to a broker whose certificate the system does not trust
+
+    @field_validator("mqtt_url")
+    @classmethod
+    def _mqtt_url_shape(cls, value: str) -> str:
+        if value:
+            parse_mqtt_url(value)
+        return value
+
+    @field_validator("mqtt_ca_file")
+    @classmethod
+    def _ca_file_exists(cls, value: str) -> str:
+        if value and not Path(value).is_file():
+            raise ValueError("no such file")
+        return value
+
+    @field_validator("mqtt_topic_prefix")
+    @classmethod
+    def _topic_prefix_shape(cls, value: str) -> str:
+        value = value.strip("/")
+        if not value or any(c in value for c in "+#\0") or "//" in value:
+            raise ValueError("must be a topic without wildcards, e.g. 'owntracks'")
+        return value
+
+    @property
+    def mqtt_broker(self) -> MqttBroker | None:
+        return parse_mqtt_url(self.mqtt_url) if self.mqtt_url else None
 
 
 class TripSettings(_Section):
@@ -177,7 +255,10 @@ def _validate(data: dict) -> Settings:
         problems = []
         for item in error.errors():
             key = ".".join(str(part) for part in item["loc"])
-            problems.append(f"{key}: {item['msg']} (got {item.get('input')!r})")
+            shown = item.get("input")
+            if key == "ingest.mqtt_url":
+                shown = _without_password(shown)
+            problems.append(f"{key}: {item['msg']} (got {shown!r})")
         raise ConfigError("invalid configuration: " + "; ".join(problems)) from None
 
 

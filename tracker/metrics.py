@@ -16,6 +16,8 @@ What is counted where:
 - WebSocket connections open, messages sent and slow-consumer closes, by
   endpoint (`realtime`, `share`): tracker/app.py hands each connection its
   endpoint's `WebSocketMeter`, and tracker/websocket.py adds to it;
+- OwnTracks messages taken from the MQTT broker, by what became of them,
+  and whether tracker is subscribed there now: tracker/ingest/mqtt.py;
 - requests refused by the share rate limit (tracker/api/share.py) or the
   per-address connection cap (tracker/connlimit.py);
 - share sessions active and the age of the newest position: read from the
@@ -28,12 +30,21 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 WEBSOCKET_ENDPOINTS = ("realtime", "share")
 BATCH_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000)
+MQTT_RESULTS = (
+    "stored",  # a location, committed
+    "duplicate",  # a location already stored (same device and time): a resend
+    "unknown_topic",  # no device has this topic: not stored
+    "malformed",  # not JSON, or a location with a wrong value: not stored
+    "encrypted",  # `_type: encrypted`: unreadable without the app's key
+    "ignored",  # not a location (transition, card, lwt, ...) or one without coordinates
+    "failed",  # the database could not store it: not acknowledged, tried again
+)
 COMMIT_SECONDS_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
 
 
@@ -152,6 +163,18 @@ class Metrics:
         )
         self.refused_by_rate_limit = refused.labels("rate_limit")
         self.refused_by_connection_cap = refused.labels("connection_cap")
+        mqtt_messages = Counter(
+            "tracker_mqtt_messages",
+            "OwnTracks messages received from the MQTT broker, by what became of them.",
+            ["result"],
+            registry=registry,
+        )
+        self.mqtt_messages = {result: mqtt_messages.labels(result) for result in MQTT_RESULTS}
+        self.mqtt_subscribed = Gauge(
+            "tracker_mqtt_subscribed",
+            "1 while tracker is connected to the MQTT broker and subscribed, else 0.",
+            registry=registry,
+        )
         self.store_figures = StoreFigures()
         registry.register(self.store_figures)
 

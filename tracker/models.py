@@ -221,6 +221,20 @@ LongText = Annotated[str, AfterValidator(_clean_long)]
 DisplayField = Literal[PROFILE_FIELDS]  # type: ignore[valid-type]
 # Names and ids that the REST API and the command line both take: one rule each.
 DeviceToken = Annotated[str, Field(min_length=1, max_length=128), AfterValidator(_clean_short)]
+
+
+def _mqtt_topic_shape(value: str) -> str:
+    value = clean_text(value, "value", max_length=MAX_MQTT_TOPIC_LENGTH)
+    if "+" in value or "#" in value:
+        raise ValueError("must name one topic: no MQTT wildcards (+ or #)")
+    if value.startswith("/") or value.endswith("/") or "//" in value:
+        raise ValueError("must not start or end with '/' or have an empty level")
+    return value
+
+
+MAX_MQTT_TOPIC_LENGTH = 256
+# A device's MQTT identity: the topic its OwnTracks app publishes to, e.g. owntracks/alice/phone.
+MqttTopic = Annotated[str, Field(min_length=1), AfterValidator(_mqtt_topic_shape)]
 InstanceName = Annotated[
     str,
     StringConstraints(strip_whitespace=True, min_length=1, max_length=200),

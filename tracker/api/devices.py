@@ -1,5 +1,5 @@
 """Devices over REST: the fleet list, and registration (create, rotate the ingest key,
-set the profile, delete).
+set the profile and the MQTT topic, delete).
 
 The ingest key is answered once, at registration or rotation, and stored
 hashed. Device reads (position, tracks, stats) live in api/positions.py; the
@@ -26,6 +26,7 @@ from tracker.api import page, pagination, requires, visible_device
 from tracker.api.schemas import (
     DeviceCreated,
     DeviceListQuery,
+    DeviceMqttTopic,
     DevicePage,
     DeviceProfile,
     IngestKey,
@@ -34,9 +35,10 @@ from tracker.api.schemas import (
 )
 from tracker.auth import Principal
 from tracker.context import current
-from tracker.errors import BadRequest, Conflict, NotFound
+from tracker.errors import BadRequest, Conflict, NotFound, Unprocessable
 from tracker.fleet import device_status
-from tracker.models import DeviceToken, DisplayField, Position, Profile
+from tracker.ingest.mqtt import is_subscribed, subscription
+from tracker.models import DeviceToken, DisplayField, MqttTopic, Position, Profile
 from tracker.profiles import display_value
 from tracker.store import devices, instances
 
@@ -100,6 +102,25 @@ class DeviceCreate(BaseModel):
     device_token: DeviceToken | None = None
     profile: Profile | None = None
     display_field: DisplayField = "full_name"
+    mqtt_topic: MqttTopic | None = None
+
+
+class MqttTopicUpdate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    mqtt_topic: MqttTopic | None  # null: the device no longer takes OwnTracks over MQTT
+
+
+def _subscribed_topic(topic: str | None) -> str | None:
+    """The topic, if tracker's subscription covers it; 422 otherwise (it would never arrive)."""
+    prefix = current().settings.ingest.mqtt_topic_prefix
+    if topic is not None and not is_subscribed(topic, prefix):
+        raise Unprocessable(
+            f"tracker subscribes to {subscription(prefix)}: messages on {topic} would never"
+            " arrive (ingest.mqtt_topic_prefix sets the first level)",
+            details=[{"field": "mqtt_topic", "message": f"must match {subscription(prefix)}"}],
+        )
+    return topic
 
 
 @blueprint.post("/devices")
@@ -115,20 +136,26 @@ async def create_device(data: DeviceCreate, principal: Principal) -> tuple[dict,
         raise NotFound("no such instance")
     token = data.device_token or str(uuid.uuid4())
     profile = data.profile.as_dict() if data.profile else {}
+    topic = _subscribed_topic(data.mqtt_topic)
     try:
         device, key = await db.write(
-            devices.create, data.instance_id, token, profile, data.display_field
+            devices.create, data.instance_id, token, profile, data.display_field, topic
         )
     except devices.DuplicateDevice:
         raise Conflict("a device with this token already exists") from None
-    return {
+    except devices.DuplicateMqttTopic:
+        raise Conflict("another device already has this MQTT topic") from None
+    created = {
         "device_token": device.token,
         "instance_id": device.instance_id,
         "ingest_key": key,
         "profile": device.profile,
         "display_field": device.display_field,
         "created_at": int(device.created_at),
-    }, 201
+    }
+    if device.mqtt_topic is not None:
+        created["mqtt_topic"] = device.mqtt_topic
+    return created, 201
 
 
 @blueprint.post("/devices/<device_token>/ingest-key")
@@ -154,6 +181,25 @@ async def set_profile(device_token: str, data: Profile, principal: Principal) ->
     await visible_device(principal, device_token)
     await current().db.write(devices.set_profile, device_token, data.as_dict())
     return {"device_token": device_token, "profile": data.as_dict()}
+
+
+@blueprint.put("/devices/<device_token>/mqtt-topic")
+@document_response(DeviceMqttTopic)
+@document_errors(400, 401, 403, 404, 409, 413, 415, 422)
+@operation_id("device_mqtt_topic")
+@requires("admin")
+@validate_request(MqttTopicUpdate)
+async def set_mqtt_topic(device_token: str, data: MqttTopicUpdate, principal: Principal) -> dict:
+    """Give the device the topic its OwnTracks app publishes to over MQTT (null: none)."""
+    await visible_device(principal, device_token)
+    topic = _subscribed_topic(data.mqtt_topic)
+    try:
+        found = await current().db.write(devices.set_mqtt_topic, device_token, topic)
+    except devices.DuplicateMqttTopic:
+        raise Conflict("another device already has this MQTT topic") from None
+    if not found:
+        raise NotFound("no such device")
+    return {"device_token": device_token, "mqtt_topic": topic}
 
 
 @blueprint.delete("/devices/<device_token>")

@@ -1,4 +1,4 @@
-"""The HTTP ingest paths: native JSON and the phone apps' own protocols.
+"""The HTTP ingest paths: native JSON and the phone apps' own protocols (MQTT: tracker/ingest/mqtt.py).
 
 Native JSON, OsmAnd / Traccar Client, GPSLogger (the OsmAnd form with speed
 in m/s), OwnTracks HTTP, Overland and μlogger. Each authenticates its own

@@ -344,6 +344,14 @@ class DeviceCreated(Shape):
     profile: StoredProfile
     display_field: DisplayField
     created_at: int
+    mqtt_topic: str = omitted()  # when given: where its OwnTracks app publishes over MQTT
+
+
+class DeviceMqttTopic(Shape):
+    """The device's MQTT topic as now stored (null: none)."""
+
+    device_token: str
+    mqtt_topic: str | None
 
 
 class IngestKey(Shape):

@@ -1,4 +1,4 @@
-"""The devices table: registration, ingest keys (hashed), profiles, display fields."""
+"""The devices table: registration, ingest keys (hashed), MQTT topics, profiles, display fields."""
 
 from __future__ import annotations
 
@@ -23,10 +23,15 @@ class Device:
     profile: dict[str, str] = field(default_factory=dict)
     display_field: str = "full_name"
     created_at: float = 0.0
+    mqtt_topic: str | None = None  # where its OwnTracks app publishes over MQTT, if it does
 
 
 class DuplicateDevice(Exception):
     """A device with this token already exists."""
+
+
+class DuplicateMqttTopic(Exception):
+    """Another device already has this MQTT topic."""
 
 
 def new_ingest_key() -> str:
@@ -45,10 +50,11 @@ def _device(row: sqlite3.Row) -> Device:
         profile=jsoncodec.loads(row["profile"]),
         display_field=row["display_field"],
         created_at=row["created_at"],
+        mqtt_topic=row["mqtt_topic"],
     )
 
 
-_COLUMNS = "token, instance_id, profile, display_field, created_at"
+_COLUMNS = "token, instance_id, profile, display_field, created_at, mqtt_topic"
 
 
 def create(
@@ -57,8 +63,12 @@ def create(
     token: str,
     profile: dict[str, str] | None = None,
     display_field: str = "full_name",
+    mqtt_topic: str | None = None,
 ) -> tuple[Device, str]:
-    """Register a device; returns it and its ingest key (the only time the key is seen)."""
+    """Register a device; returns it and its ingest key (the only time the key is seen).
+
+    DuplicateDevice if the token is taken, DuplicateMqttTopic if the topic is.
+    """
     key = new_ingest_key()
     device = Device(
         token=token,
@@ -66,11 +76,12 @@ def create(
         profile=dict(profile or {}),
         display_field=display_field,
         created_at=time.time(),
+        mqtt_topic=mqtt_topic,
     )
     try:
         conn.execute(
             "INSERT INTO devices (token, instance_id, ingest_key_hash, profile, display_field,"
-            " created_at) VALUES (?, ?, ?, ?, ?, ?)",
+            " created_at, mqtt_topic) VALUES (?, ?, ?, ?, ?, ?, ?)",
             (
                 device.token,
                 device.instance_id,
@@ -78,9 +89,12 @@ def create(
                 jsoncodec.dumps(device.profile).decode(),
                 device.display_field,
                 device.created_at,
+                device.mqtt_topic,
             ),
         )
-    except sqlite3.IntegrityError:
+    except sqlite3.IntegrityError as error:
+        if "mqtt_topic" in str(error):
+            raise DuplicateMqttTopic(mqtt_topic) from None
         raise DuplicateDevice(token) from None
     return device, key
 
@@ -113,6 +127,20 @@ def ingest_key_hash(conn: sqlite3.Connection, token: str) -> str | None:
     """The stored hash of the device's ingest key (what a session cookie is bound to)."""
     row = conn.execute("SELECT ingest_key_hash FROM devices WHERE token = ?", (token,)).fetchone()
     return row[0] if row else None
+
+
+def by_mqtt_topic(conn: sqlite3.Connection, topic: str) -> Device | None:
+    row = conn.execute(f"SELECT {_COLUMNS} FROM devices WHERE mqtt_topic = ?", (topic,)).fetchone()
+    return _device(row) if row else None
+
+
+def set_mqtt_topic(conn: sqlite3.Connection, token: str, topic: str | None) -> bool:
+    """Set (or with None clear) a device's MQTT topic; DuplicateMqttTopic if another has it."""
+    try:
+        cursor = conn.execute("UPDATE devices SET mqtt_topic = ? WHERE token = ?", (topic, token))
+    except sqlite3.IntegrityError:
+        raise DuplicateMqttTopic(topic) from None
+    return cursor.rowcount > 0
 
 
 def rotate_ingest_key(conn: sqlite3.Connection, token: str) -> str | None:

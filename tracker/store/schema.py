@@ -132,6 +132,12 @@ def m003_users(db: sqlite_utils.Database) -> None:
     db.execute("CREATE INDEX users_instance ON users(instance_id, username)")
 
 
+def m004_device_mqtt_topic(db: sqlite_utils.Database) -> None:
+    # The topic a device's OwnTracks app publishes to over MQTT (tracker/ingest/mqtt.py).
+    db.execute("ALTER TABLE devices ADD COLUMN mqtt_topic TEXT")
+    db.execute("CREATE UNIQUE INDEX devices_mqtt_topic ON devices(mqtt_topic)")
+
+
 def migrate(conn: sqlite3.Connection) -> None:
     """Apply every pending migration to the database behind conn."""
     migrations.apply(sqlite_utils.Database(conn))
