@@ -132,6 +132,7 @@ def m003_users(db: sqlite_utils.Database) -> None:
     db.execute("CREATE INDEX users_instance ON users(instance_id, username)")
 
 
+@migrations()
 def m004_device_mqtt_topic(db: sqlite_utils.Database) -> None:
     # The topic a device's OwnTracks app publishes to over MQTT (tracker/ingest/mqtt.py).
     db.execute("ALTER TABLE devices ADD COLUMN mqtt_topic TEXT")
