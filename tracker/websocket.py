@@ -237,6 +237,10 @@ class Connection:
         try:
             with trio.CancelScope(shield=partial):  # never cut a frame in half
                 await stream.send(Data(stream_id=stream.stream_id, data=data[written:]))
+        except trio.BusyResourceError:
+            # Hypercorn is closing the socket (its send_eof, outside its send lock):
+            # the client has gone.
+            raise Disconnected() from None
         finally:
             self.sending_since = None
 
@@ -313,7 +317,8 @@ class Connection:
         if self.closed:
             return
         self.closed = True
-        with trio.move_on_after(CLOSE_TIMEOUT_SECONDS):
+        with trio.move_on_after(CLOSE_TIMEOUT_SECONDS), contextlib.suppress(trio.BusyResourceError):
+            # (Busy: Hypercorn is closing the socket already, see send_frames.)
             await self._send({"type": "websocket.close", "code": code, "reason": reason[:120]})
 
     def post(self, key: str, message: dict[str, Any]) -> None:
