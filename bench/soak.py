@@ -598,13 +598,14 @@ def run(args: argparse.Namespace, workdir: Path, children: Children) -> dict:
         previous = [0.0] * len(COUNTERS)
         client_errors: dict = {}
         cpu_before = process_cpu_seconds(server.pid)
+        sample_count, minute_count = 1, 1  # (multiples, so the last ones fall on stop_at)
         next_sample = start_at + args.sample_seconds
-        minute_end = start_at + 60
+        minute_end = start_at + 60.0
         while True:
             now = time.time()
             while True:  # drain the client's reports
                 try:
-                    item = queue.get(timeout=max(0.05, min(next_sample, minute_end) - now))
+                    item = queue.get(timeout=max(0.05, min(next_sample, minute_end, stop_at) - now))
                 except Exception:
                     break
                 if item[0] == "latencies":
@@ -612,14 +613,15 @@ def run(args: argparse.Namespace, workdir: Path, children: Children) -> dict:
                 elif item[0] == "done":
                     client_errors = item[1]
                 now = time.time()
-                if now >= min(next_sample, minute_end):
+                if now >= min(next_sample, minute_end, stop_at):
                     break
             if server.process.poll() is not None:
                 raise RuntimeError(f"the server exited with {server.process.returncode}")
             now = time.time()
             if now >= next_sample:
                 samples.append((now - start_at, rss_kib(server.pid), smaps_anon_kib(server.pid)))
-                next_sample += args.sample_seconds
+                sample_count += 1
+                next_sample = start_at + sample_count * args.sample_seconds
             if now >= minute_end:
                 totals = list(counters)
                 delta = {name: totals[K[name]] - previous[K[name]] for name in COUNTERS}
@@ -635,14 +637,16 @@ def run(args: argparse.Namespace, workdir: Path, children: Children) -> dict:
                     "p99": percentile(latencies, 99),
                     "wal": _size(server.db_path.with_name(server.db_path.name + "-wal")),
                     "db": _size(server.db_path),
+                    "latencies": latencies,  # sorted; dropped from info at the end
                     **delta,
                 }
                 latencies = []
                 cpu_before = cpu_now
                 minutes.append(row)
                 print(_minute_line(row, len(minutes) == 1), flush=True)
-                minute_end += 60
-            if now >= stop_at + 0.5:
+                minute_count += 1
+                minute_end = start_at + minute_count * 60.0
+            if now >= stop_at:  # the last sample and row were taken at stop_at, above
                 break
         client.join(30)
         try:
@@ -752,13 +756,12 @@ def summary(args: argparse.Namespace, info: dict) -> tuple[list[str], bool]:
     ]
     span = min(5, len(minutes) // 2)
     if span and args.post_rate:
-        first = [m["p99"] for m in minutes[:span] if m["p99"] is not None]
-        last = [m["p99"] for m in minutes[-span:] if m["p99"] is not None]
+        first = sorted(x for m in minutes[:span] for x in m["latencies"])
+        last = sorted(x for m in minutes[-span:] for x in m["latencies"])
         if first and last:
-            # The p99 of a 5-minute span, approximated by the worst minute's p99 in it.
-            p_first, p_last = max(first), max(last)
+            p_first, p_last = percentile(first, 99), percentile(last, 99)
             lines.append(
-                f"POST p99 (worst minute) first {span} min {p_first * 1000:.1f} ms, last {span}"
+                f"POST p99 of the first {span} min {p_first * 1000:.1f} ms, of the last {span}"
                 f" min {p_last * 1000:.1f} ms: {p_last / p_first:.2f}x"
             )
     sums = {name: sum(m[name] for m in minutes) for name in COUNTERS}
