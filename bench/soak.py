@@ -9,10 +9,12 @@ What runs (loopback only, bounded by --minutes, every child stopped at the end):
 
   server   `python -m tracker serve` on a fresh database in a temp directory (the CLI
            makes an instance, --devices devices and a read token), pinned to the first
-           core. With --trace DIR the same server runs under a small wrapper in this
-           file (`--serve-wrapped`) that starts tracemalloc and writes, every minute, a
-           snapshot and the live objects counted by type to DIR (`--trace-diff DIR`
-           prints the allocation sites that grew most between two of them).
+           core. The debug options run the same server under a small wrapper in this
+           file (`--serve-wrapped`, `tracker serve` in-process): --memlog FILE logs
+           every 10 s where the memory is (glibc's heap in use and free, SQLite's own
+           count, Python's blocks); --malloc-trim N calls malloc_trim(0) every N s;
+           --trace DIR starts tracemalloc and writes, every minute, a snapshot and the
+           live objects counted by type (`--trace-diff DIR` prints what grew most).
   churn    --ws-rate `/ws/realtime` WebSockets opened per second, each from one of
            127.0.0.10-209: handshake, authenticate with the read token, wait for
            `welcome` and --ws-messages more messages (the snapshot, live positions),
