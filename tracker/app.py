@@ -143,6 +143,7 @@ def create_app(settings: Settings, db: Database | None = None) -> Quart:
             settings.trips.split_gap_seconds,
             settings.sharing.arrival_radius_m,
             metrics,
+            settings.console.offline_after_seconds,
         ),
         share_limiter=RateLimiter(settings.sharing.rate_limit_per_minute),
         metrics=metrics,
@@ -265,7 +266,13 @@ async def run_background(
                     tracker.keepalive.run, tracker.settings.realtime.ping_interval_seconds
                 )
                 nursery.start_soon(run_pruner, tracker.db, tracker.settings.storage.retention_days)
-                nursery.start_soon(run_sweeper, tracker.db, tracker.hub)
+                nursery.start_soon(
+                    run_sweeper,
+                    tracker.db,
+                    tracker.hub,
+                    tracker.settings.trips.split_gap_seconds,
+                    tracker.settings.console.offline_after_seconds,
+                )
                 ingest = tracker.settings.ingest
                 if ingest.mqtt_broker is not None:
                     mqtt = MqttIngest(
