@@ -1,6 +1,10 @@
 """Every change another system cares about becomes one event in the outbox, with its cause."""
 
+import json
 import time
+
+import trio
+from trio_websocket import open_websocket_url
 
 from tests.conftest import bearer
 from tracker.expiry import sweep_once, sweep_quiet_once
@@ -115,3 +119,44 @@ async def test_the_sweeper_tells_once_when_a_device_went_quiet(client, tracker, 
         ["device.offline", "trip.ended"],
         ["trip.ended", "device.offline"],
     )
+
+
+async def test_a_dispatcher_who_asks_for_events_sees_them_live(server, http, tracker, fleet):
+    async with (
+        open_websocket_url(f"{server.ws}/ws/realtime") as with_events,
+        open_websocket_url(f"{server.ws}/ws/realtime") as without,
+    ):
+        for ws, wanted in ((with_events, True), (without, False)):
+            await ws.send_message(
+                json.dumps(
+                    {
+                        "type": "authenticate",
+                        "jwt": fleet.a.read_token,
+                        "instance_id": fleet.a.instance_id,
+                        "events": wanted,
+                    }
+                )
+            )
+            welcome = await receive(ws)
+            assert welcome["events"] is wanted
+        session = await share(http, fleet.a, order_id="ORD-9")
+        await tracker.writer.submit(fleet.a.device_token, [fix(1.0, 1.0, time.time())])
+        seen = [await receive(with_events) for _ in range(4)]
+        events = [m["event"] for m in seen if m["type"] == "event"]
+        assert [e["type"] for e in events] == [
+            "share.created",
+            "device.online",
+            "trip.started",
+        ]
+        assert events[0]["data"]["id"] == session["id"]
+        assert set(events[0]) == {"type", "id", "timestamp", "instance_id", "data"}
+        assert [m["type"] for m in seen].count("position") == 1
+        plain = await receive(without)
+        assert plain["type"] == "position"  # and no event before it
+        with trio.move_on_after(0.3):
+            assert (await receive(without))["type"] != "event"
+
+
+async def receive(ws, timeout: float = 5) -> dict:
+    with trio.fail_after(timeout):
+        return json.loads(await ws.get_message())

@@ -202,6 +202,7 @@ class FuzzTarget:
     share_token: str
     device_token: str = "dev1"
     track_token: str = ""  # dev1's trip
+    geofence_id: str = ""
     webhook_id: str = ""  # aimed at a closed loopback port: its deliveries are retried
     statuses: Counter = field(default_factory=Counter)
     started: float = field(default_factory=time.monotonic)
@@ -247,6 +248,7 @@ class FuzzTarget:
             ("share_token", self.share_token),
             ("track_token", self.track_token),
             ("webhook_id", self.webhook_id),
+            ("geofence_id", self.geofence_id),
         ):
             if name in path:
                 path[name] = value
@@ -307,6 +309,14 @@ def fuzz_target(tmp_path, request) -> Iterator[FuzzTarget]:
             ingest_key=device["ingest_key"],
             admin_token=admin_token,
             session_id=session["id"],
+            geofence_id=httpx.post(
+                f"{api}/geofences?instance_id={instance_id}",
+                json={
+                    "name": "Depot",
+                    "circle": {"latitude": 51.5, "longitude": -0.12, "radius_m": 80},
+                },
+                headers=bearer(admin_token),
+            ).json()["id"],
             webhook_id=httpx.post(
                 f"{api}/webhooks?instance_id={instance_id}",
                 json={"url": f"http://127.0.0.1:{free_port()}/", "event_types": ["share.created"]},

@@ -112,6 +112,11 @@ async def test_every_event_type_reaches_the_receiver_once_signed(
     webhook = await subscribe(http, fleet.a, receiver.url)
     assert webhook["secret"].startswith("whsec_")
     headers = bearer(fleet.a.admin_token)
+    fence = {"name": "Depot", "circle": {"latitude": 51.5, "longitude": -0.1, "radius_m": 200}}
+    drawn = await http.post(
+        f"/geofences?instance_id={fleet.a.instance_id}", json=fence, headers=headers
+    )
+    assert drawn.status_code == 201
     now = time.time()
     await tracker.writer.submit(
         fleet.a.device_token, [Position.build(latitude=51.5, longitude=-0.1, timestamp=now)]
@@ -149,6 +154,8 @@ async def test_every_event_type_reaches_the_receiver_once_signed(
         [
             "device.online",
             "trip.started",
+            "geofence.entered",
+            "geofence.exited",
             "share.created",
             "share.updated",
             "share.cancelled",

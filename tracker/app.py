@@ -106,6 +106,7 @@ def create_app(settings: Settings, db: Database | None = None) -> Quart:
             {"name": "sharing", "description": "Share sessions, admin side"},
             {"name": "share", "description": "A share link, public side"},
             {"name": "webhooks", "description": "Signed event deliveries to other systems"},
+            {"name": "geofences", "description": "Circles and polygons devices enter and leave"},
             {
                 "name": "phone apps",
                 "description": "Unchanged Traccar Client / OsmAnd, GPSLogger, OwnTracks,"
@@ -157,6 +158,7 @@ def create_app(settings: Settings, db: Database | None = None) -> Quart:
         auth,
         console_page,
         devices,
+        geofences,
         health,
         history,
         ingest,
@@ -181,6 +183,7 @@ def create_app(settings: Settings, db: Database | None = None) -> Quart:
         sharing.blueprint,
         share.blueprint,
         webhooks.blueprint,
+        geofences.blueprint,
     ):
         app.register_blueprint(blueprint, url_prefix=prefix)
     app.register_blueprint(console_page.blueprint)  # `/`: before the OsmAnd listener's root

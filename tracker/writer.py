@@ -21,7 +21,9 @@ their trip and never broadcast as live.
 Events (tracker/events.py) are written in the same transaction and announced
 after it: `device.online` when a live fix follows `offline_after_seconds` of
 silence, `trip.started` when a live fix starts a trip, `share.arrived` when a
-session auto-completes on arrival. A commit without any writes no outbox row.
+session auto-completes on arrival, `geofence.entered`/`exited` for each fix
+that became live (tracker/geofences.py). A commit without any writes no
+outbox row.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ import trio
 
 from tracker import events
 from tracker.errors import StorageUnavailable
+from tracker.geofences import GeofenceIndex, check_live_fixes
 from tracker.hub import Hub, LiveFix
 from tracker.metrics import Metrics
 from tracker.models import Position
@@ -89,6 +92,7 @@ class Writer:
         self.split_gap_seconds = split_gap_seconds
         self.arrival_radius_m = arrival_radius_m
         self.offline_after_seconds = offline_after_seconds
+        self.geofences = GeofenceIndex()  # used and changed only in the writer thread
         self._send, self._receive = trio.open_memory_channel[_Request](QUEUE_REQUESTS)
 
     async def submit(self, device_token: str, positions: list[Position]) -> IngestResult:
@@ -127,6 +131,7 @@ class Writer:
                 self.arrival_radius_m,
                 time.time(),
                 self.offline_after_seconds,
+                self.geofences,
             )
         except Exception as error:  # answered as a 5xx by the caller; nothing was stored
             if not isinstance(error, StorageUnavailable):  # that one the store has logged
@@ -162,6 +167,7 @@ class _BatchState:
         self.latest: dict[str, float | None] = {}
         self.previous: dict[str, float | None] = {}  # the live fix's time before this batch
         self.started: set[tuple[str, str]] = set()  # trips this batch started
+        self.advancing: dict[str, list[Position]] = {}  # per device, each fix that became live
         self.newest: dict[str, tuple[Position, str]] = {}
         self.seen: dict[str, set[float]] = {}
         self.trips: dict[tuple[str, str], Trip] = {}
@@ -235,6 +241,7 @@ def commit_batch(
     arrival_radius_m: float,
     received_at: float,
     offline_after_seconds: float = 600,
+    geofences: GeofenceIndex | None = None,
 ) -> tuple[list[IngestResult | Exception], list[LiveFix], list[events.Event]]:
     """Store each request's positions in one transaction (runs in the writer thread).
 
@@ -267,6 +274,7 @@ def commit_batch(
             if position.valid and (latest is None or position.timestamp > latest):
                 state.latest[token] = position.timestamp
                 state.newest[token] = (position, trip.track_token)
+                state.advancing.setdefault(token, []).append(position)
         results.append(result)
 
     positions_store.insert_many(conn, rows, received_at)
@@ -290,6 +298,12 @@ def commit_batch(
                 offline_after_seconds,
             )
         )
+        if geofences is not None:
+            emitted.extend(
+                check_live_fixes(
+                    conn, geofences, device.instance_id, token, state.advancing[token], received_at
+                )
+            )
         live.append(
             LiveFix(
                 instance_id=device.instance_id,

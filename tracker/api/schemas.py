@@ -861,3 +861,37 @@ class WebhookQuery(BaseModel):
 
 class WebhookPageQuery(WebhookQuery, PageQuery):
     pass
+
+
+# -- geofences (tracker/api/geofences.py) --------------------------------------------
+
+
+class GeofenceCircle(Shape):
+    latitude: float
+    longitude: float
+    radius_m: float
+
+
+class GeofencePolygon(Shape):
+    """A GeoJSON Polygon: rings of [longitude, latitude], the first the outside, then holes."""
+
+    type: Literal["Polygon"]
+    coordinates: list[list[list[float]]]
+
+
+class GeofenceView(Shape):
+    id: str
+    instance_id: str
+    name: str
+    circle: GeofenceCircle | None = omitted()
+    polygon: GeofencePolygon | None = omitted()
+    device_tokens: list[str] | None = Field(description="null: every device of the instance")
+    created_at: int
+
+
+class GeofenceList(Shape):
+    items: list[GeofenceView]
+
+
+class GeofenceQuery(BaseModel):
+    instance_id: str = query("the geofence's instance (checked against the token)")

@@ -201,6 +201,34 @@ def m005_events_and_webhooks(db: sqlite_utils.Database) -> None:
     db.execute("CREATE INDEX webhook_deliveries_webhook ON webhook_deliveries(webhook_id, id)")
 
 
+@migrations()
+def m006_geofences(db: sqlite_utils.Database) -> None:
+    # shape: {"circle": {...}} or {"polygon": GeoJSON Polygon}; device_tokens NULL: every device.
+    db.execute(
+        """
+        CREATE TABLE geofences (
+            id TEXT PRIMARY KEY,
+            instance_id TEXT NOT NULL REFERENCES instances(id) ON DELETE CASCADE,
+            name TEXT NOT NULL,
+            shape TEXT NOT NULL,
+            device_tokens TEXT,
+            created_at REAL NOT NULL
+        )"""
+    )
+    db.execute("CREATE INDEX geofences_instance ON geofences(instance_id, created_at)")
+    # Whether a device is inside a fence, as last decided (with hysteresis) on a live fix.
+    db.execute(
+        """
+        CREATE TABLE geofence_states (
+            geofence_id TEXT NOT NULL REFERENCES geofences(id) ON DELETE CASCADE,
+            device_token TEXT NOT NULL REFERENCES devices(token) ON DELETE CASCADE,
+            inside INTEGER NOT NULL,
+            changed_at REAL NOT NULL,
+            PRIMARY KEY (device_token, geofence_id)
+        )"""
+    )
+
+
 def migrate(conn: sqlite3.Connection) -> None:
     """Apply every pending migration to the database behind conn."""
     migrations.apply(sqlite_utils.Database(conn))
