@@ -47,10 +47,10 @@ def test_a_circle_is_its_centre_and_radius():
 
 
 def test_the_band_around_the_edge_keeps_the_last_state():
-    assert decide(None, -50, 10) is True
+    assert decide(False, -50, 10) is True
     assert decide(True, 15, 10) is True  # outside, but within accuracy + margin
     assert decide(True, 25, 10) is False
-    assert decide(None, 5, 10) is None  # first seen on the edge: undecided
+    assert decide(False, -15, 10) is False  # inside, but not by more than the band
 
 
 async def fences_api(http, tenant, body: dict, token: str | None = None):

@@ -9,8 +9,10 @@ Entering and leaving are decided with hysteresis (`decide`): a device is
 inside once it is inside by more than its fix's accuracy plus `MARGIN_M`,
 outside once it is outside by as much, and in the band between keeps its
 last state, so a parked phone whose fixes jitter across the edge does not
-flap. The state per device and fence is stored; a device first seen
-outside says nothing, first seen inside says `geofence.entered`.
+flap. Which fences each device is inside is stored (outside is the
+default): a device first seen outside says nothing, first seen inside says
+`geofence.entered`. Fences whose bounding box the fix is far outside of
+(and the device was not inside) cost four comparisons.
 
 Only live fixes count (each fix that advanced its device's live position,
 in order, in the writer's transaction); a backlog never fires. The writer
@@ -52,14 +54,11 @@ class Geofence:
         tokens = frozenset(stored.device_tokens) if stored.device_tokens is not None else None
         if "circle" in stored.shape:
             c = stored.shape["circle"]
-            return cls(
-                stored.id,
-                stored.name,
-                tokens,
-                (c["latitude"], c["longitude"], c["radius_m"]),
-                (),
-                (0, 0, 0, 0),
-            )
+            lat, lon, radius = c["latitude"], c["longitude"], c["radius_m"]
+            dlat = radius / _M_PER_DEG
+            dlon = dlat / max(math.cos(math.radians(lat)), 0.01)
+            bbox = (lon - dlon, lat - dlat, lon + dlon, lat + dlat)
+            return cls(stored.id, stored.name, tokens, (lat, lon, radius), (), bbox)
         rings = tuple(
             tuple((float(p[0]), float(p[1])) for p in ring)
             for ring in stored.shape["polygon"]["coordinates"]
@@ -127,14 +126,14 @@ def _segment_distance(a: tuple[float, float], b: tuple[float, float]) -> float:
     return math.hypot(ax + t * dx, ay + t * dy)
 
 
-def decide(previous: bool | None, signed_distance: float, accuracy: float | None) -> bool | None:
-    """Inside, outside, or (in the band around the edge) whatever it was."""
+def decide(was_inside: bool, signed_distance: float, accuracy: float | None) -> bool:
+    """Inside or outside; in the band around the edge, whatever it was."""
     band = max(accuracy or 0.0, 0.0) + MARGIN_M
     if signed_distance < -band:
         return True
     if signed_distance > band:
         return False
-    return previous
+    return was_inside
 
 
 def polygon_problem(polygon: dict) -> str | None:
@@ -171,16 +170,32 @@ class GeofenceIndex:
 
     def __init__(self) -> None:
         self._fences: dict[str, list[Geofence]] = {}
+        self._by_device: dict[str, dict[str, list[Geofence]]] = {}
 
     def for_instance(self, conn: sqlite3.Connection, instance_id: str) -> list[Geofence]:
         fences = self._fences.get(instance_id)
         if fences is None:
             stored = geofences_store.list_for_instance(conn, instance_id)
             fences = self._fences[instance_id] = [Geofence.of(f) for f in stored]
+            self._by_device[instance_id] = {}
         return fences
+
+    def for_device(
+        self, conn: sqlite3.Connection, instance_id: str, device_token: str
+    ) -> list[Geofence]:
+        """The instance's fences that apply to this device (remembered per device)."""
+        fences = self.for_instance(conn, instance_id)
+        if not fences:
+            return fences
+        mine = self._by_device[instance_id]
+        found = mine.get(device_token)
+        if found is None:
+            found = mine[device_token] = [f for f in fences if f.applies_to(device_token)]
+        return found
 
     def forget(self, instance_id: str) -> None:
         self._fences.pop(instance_id, None)
+        self._by_device.pop(instance_id, None)
 
 
 def check_live_fixes(
@@ -192,31 +207,42 @@ def check_live_fixes(
     now: float,
 ) -> list[events.Event]:
     """Enter and exit events for a device's live fixes, in order (writer's transaction)."""
-    fences = [f for f in index.for_instance(conn, instance_id) if f.applies_to(device_token)]
+    fences = index.for_device(conn, instance_id, device_token)
     if not fences:
         return []
-    states = geofences_store.states(conn, device_token)
+    inside = geofences_store.inside(conn, device_token)
     emitted = []
     for fix in fixes:
+        lat, lon = fix.latitude, fix.longitude
         band = max(fix.accuracy or 0.0, 0.0) + MARGIN_M
+        band_lat = band / _M_PER_DEG
+        band_lon = band_lat / max(math.cos(math.radians(lat)), 0.01)
         for fence in fences:
-            previous = states.get(fence.id)
-            distance = fence.signed_distance_m(fix.latitude, fix.longitude, beyond=band)
-            inside = decide(previous, distance, fix.accuracy)
-            if inside is None or inside == previous:
+            was_inside = fence.id in inside
+            min_lon, min_lat, max_lon, max_lat = fence.bbox
+            if not was_inside and (
+                lat < min_lat - band_lat
+                or lat > max_lat + band_lat
+                or lon < min_lon - band_lon
+                or lon > max_lon + band_lon
+            ):
+                continue  # far outside, as it was: the common case, four comparisons
+            is_inside = decide(was_inside, fence.signed_distance_m(lat, lon, band), fix.accuracy)
+            if is_inside == was_inside:
                 continue
-            states[fence.id] = inside
-            geofences_store.set_state(conn, fence.id, device_token, inside, now)
-            if previous is None and not inside:
-                continue  # first seen outside: nothing happened
+            if is_inside:
+                inside.add(fence.id)
+            else:
+                inside.discard(fence.id)
+            geofences_store.set_inside(conn, fence.id, device_token, is_inside, now)
             data = {
                 "geofence_id": fence.id,
                 "geofence_name": fence.name,
                 "device_token": device_token,
-                "latitude": fix.latitude,
-                "longitude": fix.longitude,
+                "latitude": lat,
+                "longitude": lon,
                 "fix_time": fix.timestamp,
             }
-            kind = events.GEOFENCE_ENTERED if inside else events.GEOFENCE_EXITED
+            kind = events.GEOFENCE_ENTERED if is_inside else events.GEOFENCE_EXITED
             emitted.append(events.emit(conn, instance_id, kind, data, now))
     return emitted

@@ -1,4 +1,4 @@
-"""The geofences table and each device's inside/outside state per fence."""
+"""The geofences table, and which fences each device is inside."""
 
 from __future__ import annotations
 
@@ -73,7 +73,7 @@ def update(conn: sqlite3.Connection, fence_id: str, changes: dict) -> bool:
         f"UPDATE geofences SET {assignments} WHERE id = ?", [*columns.values(), fence_id]
     )
     if "shape" in changes:
-        conn.execute("DELETE FROM geofence_states WHERE geofence_id = ?", (fence_id,))
+        conn.execute("DELETE FROM geofence_presence WHERE geofence_id = ?", (fence_id,))
     return cursor.rowcount > 0
 
 
@@ -81,23 +81,27 @@ def delete(conn: sqlite3.Connection, fence_id: str) -> bool:
     return conn.execute("DELETE FROM geofences WHERE id = ?", (fence_id,)).rowcount > 0
 
 
-def states(conn: sqlite3.Connection, device_token: str) -> dict[str, bool]:
-    """{fence id: inside} for one device, as last decided."""
+def inside(conn: sqlite3.Connection, device_token: str) -> set[str]:
+    """The fences a device is inside, as last decided."""
     return {
-        row[0]: bool(row[1])
+        row[0]
         for row in conn.execute(
-            "SELECT geofence_id, inside FROM geofence_states WHERE device_token = ?",
-            (device_token,),
+            "SELECT geofence_id FROM geofence_presence WHERE device_token = ?", (device_token,)
         )
     }
 
 
-def set_state(
-    conn: sqlite3.Connection, fence_id: str, device_token: str, inside: bool, now: float
+def set_inside(
+    conn: sqlite3.Connection, fence_id: str, device_token: str, is_inside: bool, now: float
 ) -> None:
-    conn.execute(
-        "INSERT INTO geofence_states (geofence_id, device_token, inside, changed_at)"
-        " VALUES (?, ?, ?, ?) ON CONFLICT (device_token, geofence_id)"
-        " DO UPDATE SET inside = excluded.inside, changed_at = excluded.changed_at",
-        (fence_id, device_token, int(inside), now),
-    )
+    if is_inside:
+        conn.execute(
+            "INSERT OR REPLACE INTO geofence_presence (device_token, geofence_id, since)"
+            " VALUES (?, ?, ?)",
+            (device_token, fence_id, now),
+        )
+    else:
+        conn.execute(
+            "DELETE FROM geofence_presence WHERE device_token = ? AND geofence_id = ?",
+            (device_token, fence_id),
+        )

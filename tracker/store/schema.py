@@ -216,17 +216,18 @@ def m006_geofences(db: sqlite_utils.Database) -> None:
         )"""
     )
     db.execute("CREATE INDEX geofences_instance ON geofences(instance_id, created_at)")
-    # Whether a device is inside a fence, as last decided (with hysteresis) on a live fix.
+    # The fences each device is inside, as last decided (with hysteresis) on a live fix;
+    # no row: outside (or never seen inside).
     db.execute(
         """
-        CREATE TABLE geofence_states (
-            geofence_id TEXT NOT NULL REFERENCES geofences(id) ON DELETE CASCADE,
+        CREATE TABLE geofence_presence (
             device_token TEXT NOT NULL REFERENCES devices(token) ON DELETE CASCADE,
-            inside INTEGER NOT NULL,
-            changed_at REAL NOT NULL,
+            geofence_id TEXT NOT NULL REFERENCES geofences(id) ON DELETE CASCADE,
+            since REAL NOT NULL,
             PRIMARY KEY (device_token, geofence_id)
         )"""
     )
+    db.execute("CREATE INDEX geofence_presence_fence ON geofence_presence(geofence_id)")
 
 
 def migrate(conn: sqlite3.Connection) -> None:
