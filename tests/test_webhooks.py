@@ -303,3 +303,64 @@ async def test_an_event_committed_before_a_kill_9_is_delivered_after_restart(tmp
         if process.process.poll() is None:
             process.process.kill()
             process.process.wait()
+
+
+async def test_a_429_waits_as_long_as_the_receiver_asks(http, fleet, receiver):
+    receiver.status = 429
+    receiver.extra_headers = {"Retry-After": "2"}
+    webhook = await subscribe(http, fleet.a, receiver.url, ["share.created"])
+    await share(http, fleet.a)
+    await until(lambda: len(receiver.received) >= 1)
+    receiver.status, receiver.extra_headers = 204, {}
+    await until(lambda: len(receiver.received) >= 2)
+    log = (
+        await http.get(f"/webhooks/{webhook['id']}/deliveries", headers=bearer(fleet.a.admin_token))
+    ).json()["items"]
+    retried, first = log[0], log[1]
+    assert (first["status_code"], first["outcome"]) == (429, "retrying")
+    assert (retried["status_code"], retried["outcome"]) == (204, "delivered")
+    assert retried["attempt"] == 2
+    assert retried["attempted_at"] - first["attempted_at"] >= 1.9
+
+
+async def test_a_webhook_failing_past_the_retry_window_is_disabled_with_the_reason(
+    settings, fleet, receiver
+):
+    receiver.status = 503
+    brief = create_app(
+        settings.replace(webhooks={"allow_private_targets": True, "retry_hours": 0.0005})
+    )  # 1.8 s
+    async with brief.test_app() as test_app:
+        client = test_app.test_client()
+        headers = bearer(fleet.a.admin_token)
+        created = await client.post(
+            f"/api/v1/webhooks?instance_id={fleet.a.instance_id}",
+            json={"url": receiver.url, "event_types": ["share.created"]},
+            headers=headers,
+        )
+        webhook = await created.get_json()
+        await client.post(
+            "/api/v1/sharing/sessions", json={"device_token": fleet.a.device_token}, headers=headers
+        )
+        with trio.fail_after(20):
+            while True:
+                state = await (
+                    await client.get(f"/api/v1/webhooks/{webhook['id']}", headers=headers)
+                ).get_json()
+                if not state["enabled"]:
+                    break
+                await trio.sleep(0.1)
+        assert "HTTP 503" in state["disabled_reason"]
+        attempts = len(receiver.received)
+        assert attempts >= 2
+        await trio.sleep(1.5)
+        assert len(receiver.received) == attempts  # disabled: no more attempts
+        receiver.status = 204
+        resumed = await client.patch(
+            f"/api/v1/webhooks/{webhook['id']}", json={"enabled": True}, headers=headers
+        )
+        assert (await resumed.get_json())["disabled_reason"] is None
+        with trio.fail_after(10):
+            while len(receiver.received) == attempts:
+                await trio.sleep(0.05)
+        assert receiver.events()[-1]["type"] == "share.created"  # the same event, not lost
