@@ -160,3 +160,16 @@ async def test_a_dispatcher_who_asks_for_events_sees_them_live(server, http, tra
 async def receive(ws, timeout: float = 5) -> dict:
     with trio.fail_after(timeout):
         return json.loads(await ws.get_message())
+
+
+async def test_the_outbox_forgets_events_after_thirty_days(client, tracker, fleet, settings):
+    gap = settings.trips.split_gap_seconds
+    offline_after = settings.console.offline_after_seconds
+    now = time.time()
+    await sweep_quiet_once(tracker.db, tracker.hub, gap, offline_after, now)  # marks the start
+    await tracker.writer.submit(fleet.a.device_token, [fix(1.0, 1.0, now)])
+    assert await types(tracker, fleet.a) == ["device.online", "trip.started"]
+    await sweep_quiet_once(tracker.db, tracker.hub, gap, offline_after, now + 29 * 86400)
+    assert len(await types(tracker, fleet.a)) == 4  # and device.offline, trip.ended
+    await sweep_quiet_once(tracker.db, tracker.hub, gap, offline_after, now + 31 * 86400)
+    assert sorted(await types(tracker, fleet.a)) == ["device.offline", "trip.ended"]

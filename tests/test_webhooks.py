@@ -109,6 +109,8 @@ def verified(webhook: dict, receiver: Receiver) -> list[dict]:
 async def test_every_event_type_reaches_the_receiver_once_signed(
     http, tracker, fleet, receiver, settings
 ):
+    gap, offline_after = settings.trips.split_gap_seconds, settings.console.offline_after_seconds
+    await sweep_quiet_once(tracker.db, tracker.hub, gap, offline_after)  # marks the start
     webhook = await subscribe(http, fleet.a, receiver.url)
     assert webhook["secret"].startswith("whsec_")
     headers = bearer(fleet.a.admin_token)

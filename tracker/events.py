@@ -73,6 +73,7 @@ _SHARE_ENDS = {
     SHARE_EXPIRED: "expired",
 }
 
+OUTBOX_KEPT_DAYS = 30  # then an event is dropped, delivered or not (retries stop after 24 h)
 OFFLINE_WATERMARK = "device.offline"
 TRIP_ENDED_WATERMARK = "trip.ended"
 
@@ -198,7 +199,8 @@ def sweep_quiet(
     conn: sqlite3.Connection, now: float, split_gap_seconds: float, offline_after_seconds: float
 ) -> list[Event]:
     """`device.offline` for devices silent past offline_after, `trip.ended` for trips whose
-    split gap passed, since the previous sweep (the first sweep only sets the watermarks)."""
+    split gap passed, since the previous sweep (the first sweep only sets the watermarks);
+    and the outbox pruned of events older than OUTBOX_KEPT_DAYS."""
     found: list[Event] = []
     offline_until = now - offline_after_seconds
     since = events_store.watermark(conn, OFFLINE_WATERMARK)
@@ -227,6 +229,7 @@ def sweep_quiet(
             found.append(emit(conn, instance_id, TRIP_ENDED, data, now))
     if since is None or ended_until > since:
         events_store.set_watermark(conn, TRIP_ENDED_WATERMARK, ended_until)
+    events_store.prune(conn, now - OUTBOX_KEPT_DAYS * 86400)
     return found
 
 

@@ -322,6 +322,8 @@ def _record(
     retry_window_seconds: float,
 ) -> str:
     """Log the attempt and move the webhook on: next event, retry later, or disabled."""
+    if webhooks_store.get(conn, webhook.id) is None:
+        return DISABLED  # deleted during the attempt: nothing to log it in
     attempt = webhooks_store.attempts_at(conn, webhook.id, event.id) + 1
     if outcome == RETRYING:
         failing_since = webhook.failing_since or started

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from dataclasses import replace
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool
@@ -116,9 +117,7 @@ async def _visible_webhook(principal: Principal, webhook_id: str) -> Webhook:
 
 def _create(conn, webhook: Webhook) -> None:
     """New webhooks hear events from now on, not the outbox's past."""
-    webhooks_store.create(
-        conn, Webhook(**{**webhook.__dict__, "cursor": events_store.last_seq(conn)})
-    )
+    webhooks_store.create(conn, replace(webhook, cursor=events_store.last_seq(conn)))
 
 
 @blueprint.post("/webhooks")

@@ -120,3 +120,8 @@ def trips_ended_between(
             (low, high),
         )
     ]
+
+
+def prune(conn: sqlite3.Connection, before: float) -> int:
+    """Drop events older than `before` (delivered or given up long ago)."""
+    return conn.execute("DELETE FROM events WHERE created_at < ?", (before,)).rowcount
