@@ -14,8 +14,11 @@ from trio_websocket import ConnectionClosed, open_websocket_url
 from tests.conftest import bearer
 from tracker.models import Position
 from tracker.store import devices as devices_store
+from tracker.store import geofences as geofences_store
 from tracker.store import sessions as sessions_store
 from tracker.store import trips as trips_store
+from tracker.store import webhooks as webhooks_store
+from tracker.store.webhooks import Webhook
 
 PREFIX = "/api/v1"
 GPX = (
@@ -89,6 +92,24 @@ MATRIX = {
     "PATCH /api/v1/sharing/sessions/<session_id>": {"body": {"notes": "Hijacked"}},
     "POST /api/v1/sharing/sessions/<session_id>/complete": {},
     "DELETE /api/v1/sharing/sessions/<session_id>": {},
+    "POST /api/v1/webhooks": {
+        "body": {"url": "https://example.com/stolen", "event_types": ["share.created"]},
+        "instance_in_query": True,
+    },
+    "GET /api/v1/webhooks": {"instance_in_query": True},
+    "GET /api/v1/webhooks/<webhook_id>": {},
+    "PATCH /api/v1/webhooks/<webhook_id>": {"body": {"url": "https://example.com/stolen"}},
+    "DELETE /api/v1/webhooks/<webhook_id>": {},
+    "GET /api/v1/webhooks/<webhook_id>/deliveries": {},
+    "POST /api/v1/webhooks/<webhook_id>/test": {},
+    "POST /api/v1/geofences": {
+        "body": {"name": "Stolen", "circle": {"latitude": 1, "longitude": 1, "radius_m": 9}},
+        "instance_in_query": True,
+    },
+    "GET /api/v1/geofences": {"instance_in_query": True},
+    "GET /api/v1/geofences/<geofence_id>": {},
+    "PATCH /api/v1/geofences/<geofence_id>": {"body": {"name": "Hijacked"}},
+    "DELETE /api/v1/geofences/<geofence_id>": {},
 }
 
 
@@ -131,7 +152,32 @@ async def b_secrets_and_ids(tracker, fleet, http) -> tuple[dict[str, str], list[
     )
     session = created.json()
     trip = await tracker.db.read(trips_store.latest, fleet.b.device_token)
+    webhook = Webhook(
+        id="bravo-webhook-id",
+        instance_id=fleet.b.instance_id,
+        url="https://bravo-secret.example/hook",
+        event_types=["share.created"],
+        enabled=True,
+        disabled_reason=None,
+        secret="whsec_QnJhdm9TZWNyZXRCcmF2b1NlY3JldA==",
+        description=None,
+        created_at=time.time(),
+        cursor=2**62,  # nothing to deliver: the host does not exist
+        failing_since=None,
+        next_attempt_at=None,
+    )
+    await tracker.db.write(webhooks_store.create, webhook)
+    fence = await http.post(
+        f"/geofences?instance_id={fleet.b.instance_id}",
+        json={
+            "name": "Bravo Secret Yard",
+            "circle": {"latitude": 12.345678, "longitude": 65.432109, "radius_m": 50},
+        },
+        headers=bearer(fleet.b.admin_token),
+    )
     ids = {
+        "geofence": fence.json()["id"],
+        "webhook": webhook.id,
         "device": fleet.b.device_token,
         "session": session["id"],
         "instance": fleet.b.instance_id,
@@ -146,6 +192,11 @@ async def b_secrets_and_ids(tracker, fleet, http) -> tuple[dict[str, str], list[
         session["id"],
         fleet.b.instance_id,
         trip.track_token,
+        webhook.id,
+        webhook.url,
+        webhook.secret,
+        "Bravo Secret Yard",
+        ids["geofence"],
     ]
     return ids, secrets, session["share_token"]
 
@@ -157,6 +208,8 @@ async def test_instance_a_token_never_reaches_instance_b(http, tracker, fleet):
         "device_token": ids["device"],
         "session_id": ids["session"],
         "track_token": ids["trip"],
+        "webhook_id": ids["webhook"],
+        "geofence_id": ids["geofence"],
     }
     failures = []
     for key, entry in MATRIX.items():
@@ -196,6 +249,11 @@ async def test_instance_a_token_never_reaches_instance_b(http, tracker, fleet):
     session = await tracker.db.read(sessions_store.get, ids["session"])
     assert session.status == "active" and session.notes == "Bravo secret note"
     assert await tracker.db.read(devices_store.get, "stolen") is None
+    webhook = await tracker.db.read(webhooks_store.get, ids["webhook"])
+    assert webhook.url == "https://bravo-secret.example/hook" and webhook.enabled
+    assert await tracker.db.read(webhooks_store.deliveries, ids["webhook"], 10, 0) == ([], 0)
+    fence = await tracker.db.read(geofences_store.get, ids["geofence"])
+    assert fence.name == "Bravo Secret Yard"
     b_still_ingests = await http.post(
         f"/devices/{fleet.b.device_token}/positions",
         json={"latitude": 2, "longitude": 2},

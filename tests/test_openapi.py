@@ -42,7 +42,7 @@ from schemathesis.specs.openapi.checks import (
     unsupported_method,
 )
 
-from tests.conftest import ServerProcess, bearer
+from tests.conftest import ServerProcess, bearer, free_port
 from tracker import errors
 from tracker.api.schemas import ErrorCode
 
@@ -202,6 +202,8 @@ class FuzzTarget:
     share_token: str
     device_token: str = "dev1"
     track_token: str = ""  # dev1's trip
+    geofence_id: str = ""
+    webhook_id: str = ""  # aimed at a closed loopback port: its deliveries are retried
     statuses: Counter = field(default_factory=Counter)
     started: float = field(default_factory=time.monotonic)
 
@@ -245,6 +247,8 @@ class FuzzTarget:
             ("instance_id", self.instance_id),
             ("share_token", self.share_token),
             ("track_token", self.track_token),
+            ("webhook_id", self.webhook_id),
+            ("geofence_id", self.geofence_id),
         ):
             if name in path:
                 path[name] = value
@@ -265,7 +269,13 @@ class FuzzTarget:
 
 @pytest.fixture
 def fuzz_target(tmp_path, request) -> Iterator[FuzzTarget]:
-    process = ServerProcess(tmp_path, env={"TRACKER_SHARING_RATE_LIMIT_PER_MINUTE": "1000000000"})
+    process = ServerProcess(
+        tmp_path,
+        env={
+            "TRACKER_SHARING_RATE_LIMIT_PER_MINUTE": "1000000000",
+            "TRACKER_WEBHOOKS_ALLOW_PRIVATE_TARGETS": "true",
+        },
+    )
     created = process.cli("instance", "create", "Fuzz Fleet", "--json")
     instance_id = json.loads(created)["instance_id"]
     added = process.cli("device", "add", "--instance", instance_id, "--token", "dev1", "--json")
@@ -299,6 +309,19 @@ def fuzz_target(tmp_path, request) -> Iterator[FuzzTarget]:
             ingest_key=device["ingest_key"],
             admin_token=admin_token,
             session_id=session["id"],
+            geofence_id=httpx.post(
+                f"{api}/geofences?instance_id={instance_id}",
+                json={
+                    "name": "Depot",
+                    "circle": {"latitude": 51.5, "longitude": -0.12, "radius_m": 80},
+                },
+                headers=bearer(admin_token),
+            ).json()["id"],
+            webhook_id=httpx.post(
+                f"{api}/webhooks?instance_id={instance_id}",
+                json={"url": f"http://127.0.0.1:{free_port()}/", "event_types": ["share.created"]},
+                headers=bearer(admin_token),
+            ).json()["id"],
             share_token=session["share_token"],
             track_token=httpx.get(f"{api}/devices/dev1/stats", headers=bearer(admin_token)).json()[
                 "track_token"

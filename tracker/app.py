@@ -34,6 +34,7 @@ from tracker.ratelimit import RateLimiter
 from tracker.retention import run_pruner
 from tracker.sendguard import GuardedResponses
 from tracker.store import Database, server_keys
+from tracker.webhooks import Dispatcher
 from tracker.websocket import Connection, Handler, WebSocketRouter
 from tracker.writer import Writer
 
@@ -104,6 +105,8 @@ def create_app(settings: Settings, db: Database | None = None) -> Quart:
             {"name": "ingest", "description": "Positions from a device's own code"},
             {"name": "sharing", "description": "Share sessions, admin side"},
             {"name": "share", "description": "A share link, public side"},
+            {"name": "webhooks", "description": "Signed event deliveries to other systems"},
+            {"name": "geofences", "description": "Circles and polygons devices enter and leave"},
             {
                 "name": "phone apps",
                 "description": "Unchanged Traccar Client / OsmAnd, GPSLogger, OwnTracks,"
@@ -143,6 +146,7 @@ def create_app(settings: Settings, db: Database | None = None) -> Quart:
             settings.trips.split_gap_seconds,
             settings.sharing.arrival_radius_m,
             metrics,
+            settings.console.offline_after_seconds,
         ),
         share_limiter=RateLimiter(settings.sharing.rate_limit_per_minute),
         metrics=metrics,
@@ -154,6 +158,7 @@ def create_app(settings: Settings, db: Database | None = None) -> Quart:
         auth,
         console_page,
         devices,
+        geofences,
         health,
         history,
         ingest,
@@ -163,6 +168,7 @@ def create_app(settings: Settings, db: Database | None = None) -> Quart:
         share,
         share_page,
         sharing,
+        webhooks,
     )
 
     for blueprint in (
@@ -176,6 +182,8 @@ def create_app(settings: Settings, db: Database | None = None) -> Quart:
         ingest.api_blueprint,
         sharing.blueprint,
         share.blueprint,
+        webhooks.blueprint,
+        geofences.blueprint,
     ):
         app.register_blueprint(blueprint, url_prefix=prefix)
     app.register_blueprint(console_page.blueprint)  # `/`: before the OsmAnd listener's root
@@ -252,8 +260,8 @@ def websocket_routes(tracker: Tracker) -> list[tuple[str, Handler]]:
 async def run_background(
     tracker: Tracker, *, task_status: trio.TaskStatus[trio.CancelScope] = trio.TASK_STATUS_IGNORED
 ) -> None:
-    """The long-lived tasks (hub pump, writer, keepalive, pruner, sweepers, MQTT); cancelled
-    together."""
+    """The long-lived tasks (hub pump, writer, keepalive, webhook dispatcher, pruner, sweepers,
+    MQTT); cancelled together."""
     try:
         with trio.CancelScope() as scope:
             async with trio.open_nursery() as nursery:
@@ -264,8 +272,17 @@ async def run_background(
                 await nursery.start(
                     tracker.keepalive.run, tracker.settings.realtime.ping_interval_seconds
                 )
+                await nursery.start(
+                    Dispatcher(tracker.db, tracker.hub, tracker.settings.webhooks).run
+                )
                 nursery.start_soon(run_pruner, tracker.db, tracker.settings.storage.retention_days)
-                nursery.start_soon(run_sweeper, tracker.db, tracker.hub)
+                nursery.start_soon(
+                    run_sweeper,
+                    tracker.db,
+                    tracker.hub,
+                    tracker.settings.trips.split_gap_seconds,
+                    tracker.settings.console.offline_after_seconds,
+                )
                 ingest = tracker.settings.ingest
                 if ingest.mqtt_broker is not None:
                     mqtt = MqttIngest(

@@ -186,6 +186,13 @@ class ConsoleSettings(_Section):
     offline_after_seconds: float = Field(600, gt=0)
 
 
+class WebhookSettings(_Section):
+    # True lets webhooks reach loopback, private and link-local addresses (local setups, tests).
+    allow_private_targets: bool = False
+    timeout_seconds: float = Field(10, gt=0, le=60)
+    retry_hours: float = Field(24, gt=0, le=24 * 7)  # then the webhook is disabled
+
+
 class UserServiceSettings(_Section):
     url: str = ""
     token: str = ""
@@ -208,6 +215,7 @@ class Settings(_Section):
     user_service: UserServiceSettings = UserServiceSettings()
     metrics: MetricsSettings = MetricsSettings()
     console: ConsoleSettings = ConsoleSettings()
+    webhooks: WebhookSettings = WebhookSettings()
 
     def replace(self, **sections: dict) -> Settings:
         """A copy with some keys changed, e.g. replace(server={"port": 0})."""

@@ -1,9 +1,11 @@
-"""The expiry sweeper: persists the expiry of overdue share sessions and tells live viewers.
+"""The sweepers: persist the expiry of overdue share sessions, and find what went quiet.
 
 Reads never show an overdue session as active (sharing.effective_status), and
 each live viewer has its own deadline at `expires_at`; this task makes the
-stored status catch up, so lists and filters agree, and publishes
-`SessionEnded("expired")` for any viewer still listening.
+stored status catch up, so lists and filters agree, emitting `share.expired`
+(tracker/events.py), which says goodbye to any viewer still listening. The
+same round finds devices gone silent (`device.offline`) and trips whose
+split gap passed (`trip.ended`).
 """
 
 from __future__ import annotations
@@ -13,24 +15,43 @@ import time
 
 import trio
 
+from tracker import events
 from tracker.errors import StorageUnavailable
-from tracker.hub import Hub, session_topic
-from tracker.sharing import SessionEnded
+from tracker.hub import Hub
 from tracker.store import Database
-from tracker.store import sessions as sessions_store
 
 SWEEP_EVERY_SECONDS = 30
 
 
 async def sweep_once(db: Database, hub: Hub, now: float | None = None) -> list[str]:
-    expired = await db.write(sessions_store.expire_overdue, time.time() if now is None else now)
-    for session_id in expired:
-        hub.publish(session_topic(session_id), "ended", SessionEnded("expired"))
-    return expired
+    """Expire overdue sessions; returns their ids."""
+    expired = await db.write(events.expire_shares, time.time() if now is None else now)
+    events.announce(hub, expired)
+    return [event.data["id"] for event in expired]
 
 
-async def run_sweeper(db: Database, hub: Hub) -> None:
+async def sweep_quiet_once(
+    db: Database,
+    hub: Hub,
+    split_gap_seconds: float,
+    offline_after_seconds: float,
+    now: float | None = None,
+) -> list[events.Event]:
+    found = await db.write(
+        events.sweep_quiet,
+        time.time() if now is None else now,
+        split_gap_seconds,
+        offline_after_seconds,
+    )
+    events.announce(hub, found)
+    return found
+
+
+async def run_sweeper(
+    db: Database, hub: Hub, split_gap_seconds: float = 300, offline_after_seconds: float = 600
+) -> None:
     while True:
         with contextlib.suppress(StorageUnavailable):  # the store logged it; next round retries
             await sweep_once(db, hub)
+            await sweep_quiet_once(db, hub, split_gap_seconds, offline_after_seconds)
         await trio.sleep(SWEEP_EVERY_SECONDS)

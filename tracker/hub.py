@@ -254,3 +254,7 @@ def device_topic(device_token: str) -> str:
 
 def session_topic(session_id: str) -> str:
     return f"session:{session_id}"
+
+
+def events_topic(instance_id: str) -> str:
+    return f"events:{instance_id}"

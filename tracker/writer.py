@@ -17,6 +17,13 @@ by index among the stored fixes and those of this batch, so a request costs
 the same whatever the length of its trip; a fix newer than the device's latest
 valid one becomes the live position. Older fixes (a backlog) are stored in
 their trip and never broadcast as live.
+
+Events (tracker/events.py) are written in the same transaction and announced
+after it: `device.online` when a live fix follows `offline_after_seconds` of
+silence, `trip.started` when a live fix starts a trip, `share.arrived` when a
+session auto-completes on arrival, `geofence.entered`/`exited` for each fix
+that became live (tracker/geofences.py). A commit without any writes no
+outbox row.
 """
 
 from __future__ import annotations
@@ -29,12 +36,14 @@ from dataclasses import dataclass, field
 
 import trio
 
+from tracker import events
 from tracker.errors import StorageUnavailable
-from tracker.hub import Hub, LiveFix, session_topic
+from tracker.geofences import GeofenceIndex, check_live_fixes
+from tracker.hub import Hub, LiveFix
 from tracker.metrics import Metrics
 from tracker.models import Position
 from tracker.profiles import display_value
-from tracker.sharing import SessionEnded, config_of, has_arrived
+from tracker.sharing import config_of, has_arrived
 from tracker.store import Database, devices
 from tracker.store import positions as positions_store
 from tracker.store import sessions as sessions_store
@@ -75,12 +84,15 @@ class Writer:
         split_gap_seconds: float,
         arrival_radius_m: float,
         metrics: Metrics | None = None,
+        offline_after_seconds: float = 600,
     ):
         self.db = db
         self.metrics = metrics or Metrics()
         self.hub = hub
         self.split_gap_seconds = split_gap_seconds
         self.arrival_radius_m = arrival_radius_m
+        self.offline_after_seconds = offline_after_seconds
+        self.geofences = GeofenceIndex()  # used and changed only in the writer thread
         self._send, self._receive = trio.open_memory_channel[_Request](QUEUE_REQUESTS)
 
     async def submit(self, device_token: str, positions: list[Position]) -> IngestResult:
@@ -112,12 +124,14 @@ class Writer:
     async def _commit(self, batch: list[_Request]) -> None:
         started = time.perf_counter()
         try:
-            results, live, arrived = await self.db.write(
+            results, live, emitted = await self.db.write(
                 commit_batch,
                 [(r.device_token, r.positions) for r in batch],
                 self.split_gap_seconds,
                 self.arrival_radius_m,
                 time.time(),
+                self.offline_after_seconds,
+                self.geofences,
             )
         except Exception as error:  # answered as a 5xx by the caller; nothing was stored
             if not isinstance(error, StorageUnavailable):  # that one the store has logged
@@ -140,8 +154,7 @@ class Writer:
             request.done.set()
         for fix in live:
             self.hub.publish_fix(fix)
-        for session_id in arrived:
-            self.hub.publish(session_topic(session_id), "ended", SessionEnded("arrived"))
+        events.announce(self.hub, emitted)
 
 
 class _BatchState:
@@ -152,6 +165,9 @@ class _BatchState:
         self.gap = gap
         self.devices: dict[str, devices.Device | None] = {}
         self.latest: dict[str, float | None] = {}
+        self.previous: dict[str, float | None] = {}  # the live fix's time before this batch
+        self.started: set[tuple[str, str]] = set()  # trips this batch started
+        self.advancing: dict[str, list[Position]] = {}  # per device, each fix that became live
         self.newest: dict[str, tuple[Position, str]] = {}
         self.seen: dict[str, set[float]] = {}
         self.trips: dict[tuple[str, str], Trip] = {}
@@ -162,6 +178,7 @@ class _BatchState:
         if token not in self.devices:
             self.devices[token] = devices.get(self.conn, token)
             self.latest[token] = positions_store.latest_timestamp(self.conn, token)
+            self.previous[token] = self.latest[token]
             self.seen[token] = set()
         return self.devices[token]
 
@@ -182,6 +199,7 @@ class _BatchState:
             trip = self.trips.get(key) or trips_store.get(self.conn, token, position.track_token)
             if trip is None:
                 trip = self.trips[key] = Trip.start(token, position, position.track_token)
+                self.started.add(key)
                 return trip
             self.trips[key] = trip
         else:
@@ -190,6 +208,7 @@ class _BatchState:
             if trip is None:
                 trip = Trip.start(token, position)
                 self.trips[(token, trip.track_token)] = trip
+                self.started.add((token, trip.track_token))
                 return trip
         if position.timestamp > trip.ended_at:
             trip.add(position)
@@ -221,11 +240,13 @@ def commit_batch(
     gap: float,
     arrival_radius_m: float,
     received_at: float,
-) -> tuple[list[IngestResult | Exception], list[LiveFix], list[str]]:
+    offline_after_seconds: float = 600,
+    geofences: GeofenceIndex | None = None,
+) -> tuple[list[IngestResult | Exception], list[LiveFix], list[events.Event]]:
     """Store each request's positions in one transaction (runs in the writer thread).
 
-    Returns each request's result, the fixes that became live, and the share
-    sessions this commit completed on arrival.
+    Returns each request's result, the fixes that became live, and the events
+    this commit emitted.
     """
     state = _BatchState(conn, gap)
     results: list[IngestResult | Exception] = []
@@ -253,16 +274,36 @@ def commit_batch(
             if position.valid and (latest is None or position.timestamp > latest):
                 state.latest[token] = position.timestamp
                 state.newest[token] = (position, trip.track_token)
+                state.advancing.setdefault(token, []).append(position)
         results.append(result)
 
     positions_store.insert_many(conn, rows, received_at)
     trips_store.save(conn, [state.trips[key] for key in state.touched])
 
     live = []
+    emitted: list[events.Event] = []
     for token, (position, track_token) in state.newest.items():
         positions_store.set_latest(conn, token, position.timestamp)
         device = state.devices[token]
         assert device is not None
+        emitted.extend(
+            _live_events(
+                conn,
+                state,
+                device.instance_id,
+                token,
+                position,
+                track_token,
+                received_at,
+                offline_after_seconds,
+            )
+        )
+        if geofences is not None:
+            emitted.extend(
+                check_live_fixes(
+                    conn, geofences, device.instance_id, token, state.advancing[token], received_at
+                )
+            )
         live.append(
             LiveFix(
                 instance_id=device.instance_id,
@@ -272,7 +313,51 @@ def commit_batch(
                 display_name=display_value(device.profile, device.display_field, token),
             )
         )
-    return results, live, _complete_arrivals(conn, state.newest, arrival_radius_m, received_at)
+    emitted.extend(_complete_arrivals(conn, state.newest, arrival_radius_m, received_at))
+    return results, live, emitted
+
+
+def _live_events(
+    conn: sqlite3.Connection,
+    state: _BatchState,
+    instance_id: str,
+    token: str,
+    position: Position,
+    track_token: str,
+    now: float,
+    offline_after_seconds: float,
+) -> list[events.Event]:
+    """device.online after a silence, trip.started when the live fix opened a trip."""
+    emitted = []
+    previous = state.previous[token]
+    if previous is None or position.timestamp - previous >= offline_after_seconds:
+        emitted.append(
+            events.device_online(
+                conn,
+                instance_id,
+                token,
+                position.latitude,
+                position.longitude,
+                position.timestamp,
+                previous,
+                now,
+            )
+        )
+    if (token, track_token) in state.started:
+        trip = state.trips[(token, track_token)]
+        emitted.append(
+            events.trip_started(
+                conn,
+                instance_id,
+                token,
+                track_token,
+                trip.started_at,
+                trip.start_lat,
+                trip.start_lon,
+                now,
+            )
+        )
+    return emitted
 
 
 def _complete_arrivals(
@@ -280,15 +365,15 @@ def _complete_arrivals(
     newest: dict[str, tuple[Position, str]],
     arrival_radius_m: float,
     now: float,
-) -> list[str]:
+) -> list[events.Event]:
     """Complete the auto-completing share sessions whose vehicle has just arrived."""
     arrived = []
     for session in sessions_store.active_for_devices(conn, newest.keys(), now):
         position = newest[session.device_token][0]
         if not config_of(session)["auto_complete_on_arrival"]:
             continue
-        if has_arrived(session, position, arrival_radius_m) and sessions_store.end(
-            conn, session.id, COMPLETED, "arrived", now
-        ):
-            arrived.append(session.id)
+        if has_arrived(session, position, arrival_radius_m):
+            event = events.end_share(conn, session.id, COMPLETED, "arrived", now)
+            if event is not None:
+                arrived.append(event)
     return arrived

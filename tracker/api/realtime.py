@@ -16,6 +16,11 @@ one frame, shared by every subscriber that got the same positions. No delay
 is added to the unbatched stream's; a dashboard just parses far fewer
 messages (docs/benchmarks.md).
 
+`"events": true` in `authenticate` adds the instance's events
+(tracker/events.py) as `{"type": "event", "event": {"type", "id",
+"timestamp", "instance_id", "data"}}` messages, the body a webhook gets,
+after their commit and in order with the positions.
+
 Positions are encoded once per stream format (units, zone, date format) and
 the bytes are shared by every subscriber that asked for that format: the
 whole frame of a `position` message, and the JSON that batches join.
@@ -23,6 +28,7 @@ whole frame of a `position` message, and the JSON that batches join.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -34,8 +40,9 @@ from tracker import jsoncodec
 from tracker.auth import Principal
 from tracker.context import Tracker
 from tracker.errors import TrackerError
+from tracker.events import Event, envelope
 from tracker.geo import metres_to_feet, mps_to_mph
-from tracker.hub import LiveFix, instance_topic
+from tracker.hub import LiveFix, events_topic, instance_topic
 from tracker.profiles import display_value
 from tracker.store import positions as positions_store
 from tracker.timefmt import TimeFormatError, TimeStyle
@@ -72,6 +79,7 @@ class StreamFormat:
     units: str
     time: TimeStyle
     batch: bool = False
+    events: bool = False
 
     @property
     def key(self) -> tuple:
@@ -87,6 +95,7 @@ class StreamFormat:
 
     def frames(self, items: list[Any]) -> Iterator[Frame]:
         """What a take() found, as frames: control frames in place, fixes per the format."""
+        items = [event_frame(item) if isinstance(item, Event) else item for item in items]
         if not self.batch:
             for item in items:
                 yield item if isinstance(item, Frame) else self.frame(item)
@@ -143,6 +152,10 @@ class StreamFormat:
         return jsoncodec.dumps(message)
 
 
+def event_frame(event: Event) -> Frame:
+    return Frame.text(jsoncodec.dumps({"type": "event", "event": envelope(event)}))
+
+
 RECENT_BATCHES = 256  # batch frames kept for the other subscribers of a delivery
 _recent_batches: dict[tuple, Frame] = {}
 
@@ -179,7 +192,10 @@ def _authenticate(tracker: Tracker, message: dict[str, Any]) -> tuple[Principal,
     batch = message.get("batch", False)
     if not isinstance(batch, bool):
         raise StreamRefused(INVALID_MESSAGE, "batch must be true or false")
-    return principal, instance_id, StreamFormat(units, style, batch)
+    with_events = message.get("events", False)
+    if not isinstance(with_events, bool):
+        raise StreamRefused(INVALID_MESSAGE, "events must be true or false")
+    return principal, instance_id, StreamFormat(units, style, batch, with_events)
 
 
 def _origin_allowed(tracker: Tracker, origin: str | None) -> bool:
@@ -231,7 +247,14 @@ async def realtime_stream(tracker: Tracker, connection: Connection) -> None:
         return
 
     ping_interval = tracker.settings.realtime.ping_interval_seconds
-    with tracker.hub.subscribe(instance_topic(instance_id), connection.mailbox) as subscription:
+    with (
+        tracker.hub.subscribe(instance_topic(instance_id), connection.mailbox) as subscription,
+        (
+            tracker.hub.subscribe(events_topic(instance_id), connection.mailbox)
+            if stream_format.events
+            else contextlib.nullcontext()
+        ),
+    ):
         connection.post(
             "welcome",
             {
@@ -242,6 +265,7 @@ async def realtime_stream(tracker: Tracker, connection: Connection) -> None:
                 "timezone": stream_format.time.timezone,
                 "date_format": stream_format.time.date_format,
                 "batch": stream_format.batch,
+                "events": stream_format.events,
                 "ping_interval_seconds": ping_interval,
             },
         )

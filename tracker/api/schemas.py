@@ -795,3 +795,103 @@ class TrackerOpenAPIProvider(OpenAPIProvider):
                     if int(status) >= 400:
                         response["description"] = HTTPStatus(int(status)).phrase
         return paths, components
+
+
+# -- webhooks (tracker/api/webhooks.py) ----------------------------------------------
+
+
+class WebhookView(Shape):
+    """A webhook as its instance's admins see it (the secret is shown only at creation)."""
+
+    id: str
+    instance_id: str
+    url: str
+    event_types: list[str]
+    enabled: bool
+    disabled_reason: str | None = Field(description="why the server disabled it, if it did")
+    description: str | None
+    created_at: int
+    failing_since: int | None = Field(description="first failed attempt at the pending event")
+    next_attempt_at: int | None
+
+
+class WebhookCreated(WebhookView):
+    """The new webhook, with its Standard Webhooks signing secret: shown only here."""
+
+    secret: str = Field(description="whsec_...: verify deliveries with a standardwebhooks library")
+
+
+class WebhookList(Shape):
+    items: list[WebhookView]
+
+
+class WebhookDelivery(Shape):
+    """One attempt to deliver one event."""
+
+    event_id: str
+    event_type: str
+    attempt: int
+    attempted_at: float
+    duration_ms: float
+    status_code: int | None
+    error: str | None
+    outcome: Literal["delivered", "retrying", "failed", "disabled"]
+
+
+class WebhookDeliveryPage(Shape):
+    """A webhook's delivery attempts, newest first."""
+
+    items: list[WebhookDelivery]
+    total: int
+    limit: int
+    offset: int
+
+
+class WebhookTestQueued(Shape):
+    event_id: str = Field(description="the id of the `webhook.test` event, sent next in order")
+
+
+class WebhookListQuery(RequiredInstanceQuery):
+    pass
+
+
+class WebhookQuery(BaseModel):
+    instance_id: str = query("the webhook's instance (checked against the token)")
+
+
+class WebhookPageQuery(WebhookQuery, PageQuery):
+    pass
+
+
+# -- geofences (tracker/api/geofences.py) --------------------------------------------
+
+
+class GeofenceCircle(Shape):
+    latitude: float
+    longitude: float
+    radius_m: float
+
+
+class GeofencePolygon(Shape):
+    """A GeoJSON Polygon: rings of [longitude, latitude], the first the outside, then holes."""
+
+    type: Literal["Polygon"]
+    coordinates: list[list[list[float]]]
+
+
+class GeofenceView(Shape):
+    id: str
+    instance_id: str
+    name: str
+    circle: GeofenceCircle | None = omitted()
+    polygon: GeofencePolygon | None = omitted()
+    device_tokens: list[str] | None = Field(description="null: every device of the instance")
+    created_at: int
+
+
+class GeofenceList(Shape):
+    items: list[GeofenceView]
+
+
+class GeofenceQuery(BaseModel):
+    instance_id: str = query("the geofence's instance (checked against the token)")

@@ -1,8 +1,8 @@
 """Share sessions, admin side: create, list, read, update, complete, cancel.
 
 The share token is answered once, at creation (only its hash is stored).
-Ending or updating an ended session is 409. Every change is published on
-the session's hub topic, so live viewers see it at once.
+Ending or updating an ended session is 409. Every change is an event
+(tracker/events.py), announced after its commit, so live viewers see it at once.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from quart_schema import (
     validate_request,
 )
 
+from tracker import events
 from tracker.api import page, pagination, requires, visible_device
 from tracker.api.schemas import (
     SessionListQuery,
@@ -34,11 +35,8 @@ from tracker.api.share import device_state
 from tracker.auth import Principal
 from tracker.context import current
 from tracker.errors import BadRequest, Conflict, Unprocessable
-from tracker.hub import session_topic
 from tracker.models import LongText, ShortText
 from tracker.sharing import (
-    SessionChanged,
-    SessionEnded,
     admin_view,
     effective_status,
     eta_for,
@@ -136,7 +134,8 @@ async def create_session(data: ShareCreate, principal: Principal) -> tuple[dict,
         destination=_destination(data.destination),
         share_config=data.share_config.given() if data.share_config else {},
     )
-    await tracker.db.write(sessions_store.create, session)
+    created = await tracker.db.write(events.share_created, session, now)
+    events.announce(tracker.hub, [created])
     session_links = links(tracker.settings, token)
     return {
         **admin_view(session, now),
@@ -244,9 +243,10 @@ async def update_session(session_id: str, data: ShareUpdate, principal: Principa
             changes[name] = {**session.share_config, **(value.given() if value else {})}
         else:
             changes[name] = value
-    if not await tracker.db.write(sessions_store.update, session_id, time.time(), changes):
+    updated = await tracker.db.write(events.share_updated, session_id, changes, time.time())
+    if updated is None:
         raise _already_ended(session)
-    tracker.hub.publish(session_topic(session_id), "changed", SessionChanged())
+    events.announce(tracker.hub, [updated])
     return admin_view(await tracker.db.read(sessions_store.get, session_id))
 
 
@@ -254,9 +254,10 @@ async def _end(principal: Principal, session_id: str, status: str) -> dict:
     tracker = current()
     session = await _visible_session(principal, session_id)
     now = time.time()
-    if not await tracker.db.write(sessions_store.end, session_id, status, status, now):
+    ended = await tracker.db.write(events.end_share, session_id, status, status, now)
+    if ended is None:
         raise _already_ended(session)
-    tracker.hub.publish(session_topic(session_id), "ended", SessionEnded(status))
+    events.announce(tracker.hub, [ended])
     return admin_view(await tracker.db.read(sessions_store.get, session_id), now)
 
 

@@ -139,6 +139,97 @@ def m004_device_mqtt_topic(db: sqlite_utils.Database) -> None:
     db.execute("CREATE UNIQUE INDEX devices_mqtt_topic ON devices(mqtt_topic)")
 
 
+@migrations()
+def m005_events_and_webhooks(db: sqlite_utils.Database) -> None:
+    # The outbox (tracker/events.py): seq orders every event; webhook_id targets one
+    # webhook (a test event), NULL means every webhook of the instance that wants the type.
+    db.execute(
+        """
+        CREATE TABLE events (
+            seq INTEGER PRIMARY KEY AUTOINCREMENT,
+            id TEXT NOT NULL UNIQUE,
+            instance_id TEXT NOT NULL REFERENCES instances(id) ON DELETE CASCADE,
+            type TEXT NOT NULL,
+            created_at REAL NOT NULL,
+            data TEXT NOT NULL,
+            webhook_id TEXT
+        )"""
+    )
+    db.execute("CREATE INDEX events_instance ON events(instance_id, seq)")
+    db.execute("CREATE INDEX trips_ended ON trips(ended_at)")
+    # Where the sweepers of tracker/events.py have looked up to (device.offline, trip.ended).
+    db.execute(
+        """
+        CREATE TABLE event_watermarks (
+            name TEXT PRIMARY KEY,
+            until REAL NOT NULL
+        )"""
+    )
+    db.execute(
+        """
+        CREATE TABLE webhooks (
+            id TEXT PRIMARY KEY,
+            instance_id TEXT NOT NULL REFERENCES instances(id) ON DELETE CASCADE,
+            url TEXT NOT NULL,
+            event_types TEXT NOT NULL,
+            enabled INTEGER NOT NULL DEFAULT 1,
+            disabled_reason TEXT,
+            secret TEXT NOT NULL,
+            description TEXT,
+            created_at REAL NOT NULL,
+            cursor INTEGER NOT NULL,
+            failing_since REAL,
+            next_attempt_at REAL
+        )"""
+    )
+    db.execute("CREATE INDEX webhooks_instance ON webhooks(instance_id, created_at)")
+    db.execute(
+        """
+        CREATE TABLE webhook_deliveries (
+            id INTEGER PRIMARY KEY,
+            webhook_id TEXT NOT NULL REFERENCES webhooks(id) ON DELETE CASCADE,
+            event_id TEXT NOT NULL,
+            event_type TEXT NOT NULL,
+            attempt INTEGER NOT NULL,
+            attempted_at REAL NOT NULL,
+            duration_ms REAL NOT NULL,
+            status_code INTEGER,
+            error TEXT,
+            outcome TEXT NOT NULL
+        )"""
+    )
+    db.execute("CREATE INDEX webhook_deliveries_webhook ON webhook_deliveries(webhook_id, id)")
+
+
+@migrations()
+def m006_geofences(db: sqlite_utils.Database) -> None:
+    # shape: {"circle": {...}} or {"polygon": GeoJSON Polygon}; device_tokens NULL: every device.
+    db.execute(
+        """
+        CREATE TABLE geofences (
+            id TEXT PRIMARY KEY,
+            instance_id TEXT NOT NULL REFERENCES instances(id) ON DELETE CASCADE,
+            name TEXT NOT NULL,
+            shape TEXT NOT NULL,
+            device_tokens TEXT,
+            created_at REAL NOT NULL
+        )"""
+    )
+    db.execute("CREATE INDEX geofences_instance ON geofences(instance_id, created_at)")
+    # The fences each device is inside, as last decided (with hysteresis) on a live fix;
+    # no row: outside (or never seen inside).
+    db.execute(
+        """
+        CREATE TABLE geofence_presence (
+            device_token TEXT NOT NULL REFERENCES devices(token) ON DELETE CASCADE,
+            geofence_id TEXT NOT NULL REFERENCES geofences(id) ON DELETE CASCADE,
+            since REAL NOT NULL,
+            PRIMARY KEY (device_token, geofence_id)
+        )"""
+    )
+    db.execute("CREATE INDEX geofence_presence_fence ON geofence_presence(geofence_id)")
+
+
 def migrate(conn: sqlite3.Connection) -> None:
     """Apply every pending migration to the database behind conn."""
     migrations.apply(sqlite_utils.Database(conn))
