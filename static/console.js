@@ -25,6 +25,7 @@
   var BACKOFF_MAX_MS = 30000;
   var HEALTHY_CONNECTION_MS = 15000;
   var SHARES_REFRESH_MS = 15000;
+  var MAX_EVENTS_SHOWN = 20;
   var STATS_REFRESH_MS = 5000;
   var GLIDE_MAX_MS = 1500; // a marker glides to its new fix in at most this long
   var PAGE_SIZE = 500;
@@ -34,6 +35,7 @@
   var session = null; // {token, expires_at, scope, instances, username, instance_id}
 
   var devices = {}; // token -> {data, marker, element, item}
+  var geofences = {}; // id -> the fence's layer on the map
   var selected = null;
   var following = false;
   var fittedOnce = false;
@@ -286,6 +288,14 @@
       }
     });
     devices = {};
+    Object.keys(geofences).forEach(function (id) {
+      if (map) {
+        map.removeLayer(geofences[id]);
+      }
+    });
+    geofences = {};
+    $("event-list").textContent = "";
+    $("events-empty").hidden = false;
     setSelected(null);
     fittedOnce = false;
     $("device-list").textContent = "";
@@ -337,6 +347,7 @@
         }
       });
     loadShares();
+    loadGeofences();
     tickTimer = setInterval(tick, 1000);
     sharesTimer = setInterval(loadShares, SHARES_REFRESH_MS);
   }
@@ -846,6 +857,7 @@
           date_format: "unix",
           units: "metric",
           batch: true,
+          events: true,
         })
       );
     };
@@ -867,6 +879,8 @@
         livePosition(message);
       } else if (message.type === "positions") {
         message.positions.forEach(livePosition);
+      } else if (message.type === "event") {
+        showEvent(message.event);
       } else if (message.type === "ping") {
         current.send(JSON.stringify({ type: "pong" }));
       }
@@ -1189,6 +1203,74 @@
   }
 
   // -- start ------------------------------------------------------------------
+
+  // -- geofences and events -----------------------------------------------------
+
+  function loadGeofences() {
+    var path = "/geofences?" + query({ instance_id: session.instance_id });
+    return request("GET", path)
+      .then(function (page) {
+        page.items.forEach(drawGeofence);
+      })
+      .catch(reportError);
+  }
+
+  function drawGeofence(fence) {
+    if (!ensureMap()) {
+      return;
+    }
+    var style = { color: "#7b3fa0", weight: 2, fillOpacity: 0.08, interactive: false };
+    var shape = fence.circle
+      ? L.circle([fence.circle.latitude, fence.circle.longitude], fence.circle.radius_m, style)
+      : L.geoJSON(fence.polygon, { style: style });
+    shape.bindTooltip(fence.name, { permanent: true, direction: "center", className: "fence-label" });
+    shape.addTo(map);
+    geofences[fence.id] = shape;
+  }
+
+  var EVENT_TEXT = {
+    "geofence.entered": "entered",
+    "geofence.exited": "left",
+    "device.online": "is back online",
+    "device.offline": "went offline",
+    "trip.started": "started a trip",
+    "trip.ended": "ended a trip",
+    "share.created": "share link created",
+    "share.updated": "share link changed",
+    "share.arrived": "arrived at the destination",
+    "share.completed": "share completed",
+    "share.cancelled": "share cancelled",
+    "share.expired": "share expired",
+  };
+
+  function showEvent(event) {
+    var data = event.data || {};
+    var device = devices[data.device_token];
+    var who = device ? device.data.name : data.device_token || "";
+    var what = EVENT_TEXT[event.type] || event.type;
+    if (data.geofence_name) {
+      what += " " + data.geofence_name;
+    }
+    var item = document.createElement("li");
+    item.dataset.type = event.type;
+    var time = document.createElement("time");
+    var when = new Date(event.timestamp);
+    time.dateTime = event.timestamp;
+    setText(time, isNaN(when) ? "" : when.toLocaleTimeString());
+    var text = document.createElement("span");
+    setText(text, (who ? who + " " : "") + what);
+    item.appendChild(time);
+    item.appendChild(text);
+    var list = $("event-list");
+    list.insertBefore(item, list.firstChild);
+    while (list.children.length > MAX_EVENTS_SHOWN) {
+      list.removeChild(list.lastChild);
+    }
+    $("events-empty").hidden = true;
+    if (event.type === "share.completed" || event.type === "share.cancelled") {
+      loadShares();
+    }
+  }
 
   function start() {
     $("sign-in-form").addEventListener("submit", onSignIn);

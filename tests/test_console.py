@@ -496,3 +496,32 @@ def test_console_page_is_served_with_a_strict_csp(tracker):
     assert all(src.startswith("/static/") for src in re.findall(r'src="([^"]+)"', html))
     for asset in ("/static/console.js", "/static/console.css"):
         assert tracker.http.get(asset).status_code == 200
+
+
+@pytest.mark.browser
+def test_dispatcher_sees_geofences_and_events_as_they_happen(tracker, desktop):
+    depot = (51.40, -0.30)
+    van = tracker.vans[2]  # Cy Twombly
+    created = tracker.http.post(
+        f"/api/v1/geofences?instance_id={tracker.instance_id}",
+        json={
+            "name": "Depot",
+            "circle": {"latitude": depot[0], "longitude": depot[1], "radius_m": 300.0},
+            "device_tokens": [van[0]],
+        },
+        headers={"Authorization": f"Bearer {tracker.admin_token}"},
+    )
+    assert created.status_code == 201, created.text
+    page = desktop.sign_in(tracker, "dispatch")
+    expect(page.locator("body")).to_have_attribute("data-connection", "live")
+    expect(page.locator(".fence-label", has_text="Depot")).to_be_visible()
+    expect(page.locator("#events-empty")).to_be_visible()
+
+    tracker.drive(van, depot)
+    events = page.locator("#event-list li")
+    expect(events.filter(has_text="Cy Twombly entered Depot")).to_have_count(1)
+    tracker.drive(van, (depot[0] + 0.05, depot[1]))
+    expect(events.first).to_contain_text("Cy Twombly left Depot")  # newest first
+    expect(page.locator("#events-empty")).to_be_hidden()
+    save_screenshot(page, "console-events.png")
+    desktop.assert_no_console_errors()
