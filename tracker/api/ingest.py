@@ -47,6 +47,7 @@ from tracker.api.schemas import (
     UloggerForm,
     document_errors,
 )
+from tracker.auth import bearer_token
 from tracker.context import current
 from tracker.errors import BadRequest, NotFound, Unauthorized, Unprocessable
 from tracker.ingest import ulogger
@@ -307,8 +308,11 @@ async def overland() -> dict:
 
 
 def _bearer_or_none() -> str | None:
-    kind, _, token = request.headers.get("Authorization", "").partition(" ")
-    return token.strip() or None if kind.lower() == "bearer" else None
+    """Overland's access token from `Authorization: Bearer`, read by the API's own rule."""
+    try:
+        return bearer_token(request.headers.get("Authorization"))
+    except Unauthorized:
+        return None
 
 
 # -- μlogger -----------------------------------------------------------------
