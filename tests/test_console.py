@@ -274,8 +274,9 @@ def test_dispatcher_shares_a_vehicle_then_completes_and_cancels(tracker, desktop
     expect(shares.filter(has_text="Jane Doe")).to_contain_text("Ben Okri")
     expect(shares.filter(has_text="Jane Doe")).to_contain_text(re.compile(r"ETA \d+"))
 
+    first_link = link.text_content()
     recipient = browser.new_page()
-    recipient.goto(link.text_content())
+    recipient.goto(first_link)
     expect(recipient.locator("#recipient-name")).to_have_text("Jane Doe")
     expect(recipient.locator("#order-id")).to_have_text("ORD-42")
     shares.filter(has_text="Jane Doe").get_by_role("button", name="Complete").click()
@@ -286,6 +287,7 @@ def test_dispatcher_shares_a_vehicle_then_completes_and_cancels(tracker, desktop
     page.get_by_role("button", name="Share").click()
     page.get_by_label("Recipient").fill("John Roe")
     page.get_by_role("button", name="Create link").click()
+    expect(link).not_to_have_text(first_link)  # the new link, not the completed one still shown
     expect(link).to_have_text(re.compile(r"/share/\w{22}$"))
     recipient.goto(link.text_content())
     expect(recipient.locator("#recipient-name")).to_have_text("John Roe")
