@@ -30,7 +30,19 @@
   var GLIDE_MAX_MS = 1500; // a marker glides to its new fix in at most this long
   var PAGE_SIZE = 500;
 
-  var config = readConfig();
+  var pages = window.trackerPages;
+  var setText = pages.setText;
+  var agoText = pages.agoText;
+  var config = pages.readConfig("console-config", {
+    api_prefix: "/api/v1",
+    tile_url: "",
+    tile_attribution: "",
+    offline_after_seconds: 600,
+    moving_speed_mps: 0.5,
+    poll_interval_seconds: 5,
+    ping_interval_seconds: 25,
+    max_expires_in_hours: 168,
+  });
   var api = config.api_prefix;
   var session = null; // {token, expires_at, scope, instances, username, instance_id}
 
@@ -43,7 +55,6 @@
   var trail = null;
   var trailTrack = null;
   var pickMarker = null;
-  var tilesLoaded = false;
 
   var socket = null;
   var socketLive = false;
@@ -57,37 +68,6 @@
 
   function $(id) {
     return document.getElementById(id);
-  }
-
-  function readConfig() {
-    var values = {
-      api_prefix: "/api/v1",
-      tile_url: "",
-      tile_attribution: "",
-      offline_after_seconds: 600,
-      moving_speed_mps: 0.5,
-      poll_interval_seconds: 5,
-      ping_interval_seconds: 25,
-      max_expires_in_hours: 168,
-    };
-    try {
-      var given = JSON.parse($("console-config").textContent);
-      Object.keys(given).forEach(function (key) {
-        values[key] = given[key];
-      });
-    } catch (error) {
-      // keep the defaults
-    }
-    return values;
-  }
-
-  function setText(element, text) {
-    if (typeof element === "string") {
-      element = $(element);
-    }
-    if (element.textContent !== text) {
-      element.textContent = text;
-    }
   }
 
   function showMessage(id, text) {
@@ -463,24 +443,6 @@
     return Math.round(fix.speed * 3.6) + " km/h";
   }
 
-  function agoText(seconds) {
-    if (seconds < 3) {
-      return "just now";
-    }
-    if (seconds < 60) {
-      return Math.floor(seconds) + " s ago";
-    }
-    var minutes = Math.floor(seconds / 60);
-    if (minutes < 60) {
-      return minutes + " min ago";
-    }
-    var hours = Math.floor(minutes / 60);
-    if (hours < 48) {
-      return hours + " h " + (minutes % 60) + " min ago";
-    }
-    return Math.floor(hours / 24) + " days ago";
-  }
-
   function seenText(fix) {
     if (!fix) {
       return "never seen";
@@ -534,32 +496,13 @@
 
   // -- the map -----------------------------------------------------------------
 
-  function escapeHtml(text) {
-    return String(text).replace(/[&<>"']/g, function (c) {
-      return { "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" }[c];
-    });
-  }
-
   function ensureMap() {
     if (map || typeof L === "undefined") {
       return map;
     }
     map = L.map("map", { zoomControl: true, attributionControl: true, worldCopyJump: true });
     map.setView([20, 0], 2);
-    if (config.tile_url) {
-      var tiles = L.tileLayer(config.tile_url, {
-        maxZoom: 19,
-        attribution: escapeHtml(config.tile_attribution),
-      });
-      tiles.on("tileload", function () {
-        tilesLoaded = true;
-        $("map-note").hidden = true;
-      });
-      tiles.on("tileerror", function () {
-        $("map-note").hidden = tilesLoaded;
-      });
-      tiles.addTo(map);
-    }
+    pages.addTiles(map, config);
     map.on("dragstart", function () {
       setFollowing(false);
     });

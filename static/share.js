@@ -28,9 +28,17 @@
   var STALE_AFTER_S = 120;
   var TRAIL_MAX_POINTS = 1000; // as many as the server sends
   var OWN_MOVE_MS = 1000; // a zoom starting this soon after the page moved the map is the page's
-  var OSM_COPYRIGHT_URL = "https://www.openstreetmap.org/copyright";
 
-  var config = readConfig();
+  var pages = window.trackerPages;
+  var setText = pages.setText;
+  var agoText = pages.agoText;
+  var config = pages.readConfig("share-config", {
+    api_prefix: "/api/v1",
+    tile_url: "",
+    tile_attribution: "",
+    poll_interval_seconds: 5,
+    ping_interval_seconds: 25,
+  });
   var token = shareToken();
   var apiUrl = config.api_prefix + "/share/" + encodeURIComponent(token);
   var liveUrl =
@@ -63,29 +71,9 @@
   var trailLine = null;
   var following = true;
   var movedMapAt = 0;
-  var tilesLoaded = false;
 
   function $(id) {
     return document.getElementById(id);
-  }
-
-  function readConfig() {
-    var defaults = {
-      api_prefix: "/api/v1",
-      tile_url: "",
-      tile_attribution: "",
-      poll_interval_seconds: 5,
-      ping_interval_seconds: 25,
-    };
-    try {
-      var given = JSON.parse($("share-config").textContent);
-      Object.keys(given).forEach(function (key) {
-        defaults[key] = given[key];
-      });
-    } catch (error) {
-      // keep the defaults: the page still works against a default server
-    }
-    return defaults;
   }
 
   function shareToken() {
@@ -103,13 +91,6 @@
   }
 
   // -- text ------------------------------------------------------------------
-
-  function setText(id, text) {
-    var element = $(id);
-    if (element.textContent !== text) {
-      element.textContent = text;
-    }
-  }
 
   function showRow(rowId, valueId, value) {
     var present = value !== null && value !== undefined && String(value).trim() !== "";
@@ -132,21 +113,6 @@
 
   function clockTime(ms) {
     return new Date(ms).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
-  }
-
-  function agoText(seconds) {
-    if (seconds < 3) {
-      return "just now";
-    }
-    if (seconds < 60) {
-      return Math.floor(seconds) + " s ago";
-    }
-    var minutes = Math.floor(seconds / 60);
-    if (minutes < 60) {
-      return minutes + " min ago";
-    }
-    var hours = Math.floor(minutes / 60);
-    return hours + " h " + (minutes % 60) + " min ago";
   }
 
   function tick() {
@@ -396,19 +362,6 @@
 
   // -- the map ---------------------------------------------------------------------
 
-  function attributionHtml(text) {
-    var escaped = String(text || "")
-      .replace(/&/g, "&amp;")
-      .replace(/</g, "&lt;")
-      .replace(/>/g, "&gt;")
-      .replace(/"/g, "&quot;");
-    // OpenStreetMap asks for a link to its copyright page beside its tiles.
-    return escaped.replace(
-      "OpenStreetMap",
-      '<a href="' + OSM_COPYRIGHT_URL + '" rel="noopener noreferrer">OpenStreetMap</a>'
-    );
-  }
-
   function ensureMap(center) {
     if (map || typeof L === "undefined") {
       return map;
@@ -416,20 +369,7 @@
     $("map-area").hidden = false;
     map = L.map("map", { zoomControl: true, attributionControl: true });
     map.setView(center, 15);
-    if (config.tile_url) {
-      var tiles = L.tileLayer(config.tile_url, {
-        maxZoom: 19,
-        attribution: attributionHtml(config.tile_attribution),
-      });
-      tiles.on("tileload", function () {
-        tilesLoaded = true;
-        $("map-note").hidden = true;
-      });
-      tiles.on("tileerror", function () {
-        $("map-note").hidden = tilesLoaded;
-      });
-      tiles.addTo(map);
-    }
+    pages.addTiles(map, config);
     map.on("dragstart", function () {
       setFollowing(false);
     });

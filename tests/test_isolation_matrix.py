@@ -50,6 +50,7 @@ PUBLIC = {
     "GET /static/share.js",
     "GET /static/console.css",
     "GET /static/console.js",
+    "GET /static/pages.js",
 }
 
 # How to aim each authenticated route at instance B's objects.

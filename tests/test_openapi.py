@@ -69,6 +69,7 @@ HIDDEN = {
     "GET /static/share.js",
     "GET /static/console.css",
     "GET /static/console.js",
+    "GET /static/pages.js",
     "GET /static/leaflet/{filename}",
     "GET /metrics",  # Prometheus' text format, for scrapers (README.md lists the metrics)
 }

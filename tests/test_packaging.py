@@ -274,7 +274,7 @@ def test_tracker_demo_from_an_empty_directory_serves_its_share_link(installed, t
         page = httpx.get(info["share_url"], timeout=10)
         assert page.status_code == 200
         assets = re.findall(r'(?:src|href)="(/static/[^"]+)"', page.text)
-        assert len(assets) == 4  # share.css, share.js, leaflet.css, leaflet.js
+        assert len(assets) == 5  # share.css, pages.js, share.js, leaflet.css, leaflet.js
         for asset in assets:
             assert httpx.get(info["server"] + asset, timeout=10).status_code == 200, asset
     finally:

@@ -44,7 +44,7 @@ from playwright.sync_api import (
 )
 
 from tests.conftest import ServerProcess, bearer
-from tracker.api.share_page import json_for_html, tile_source
+from tracker.api.pages import json_for_html, tile_source
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [

@@ -164,6 +164,7 @@ def create_app(settings: Settings, db: Database | None = None) -> Quart:
         ingest,
         instances,
         metadata,
+        pages,
         positions,
         share,
         share_page,
@@ -190,6 +191,7 @@ def create_app(settings: Settings, db: Database | None = None) -> Quart:
     app.register_blueprint(ingest.apps_blueprint)
     app.register_blueprint(health.metrics_blueprint)  # GET /metrics: no API prefix
     app.register_blueprint(share_page.blueprint)  # the recipient's page: no API prefix
+    app.register_blueprint(pages.blueprint)  # the pages' common script and Leaflet
     tracker.websockets = WebSocketRouter(app.asgi_app, websocket_routes(tracker))
     app.asgi_app = ClientAddress(
         GuardedResponses(

@@ -1,9 +1,9 @@
 """The dispatcher console: `GET /`, the page a fleet's dispatcher signs in to, and its assets.
 
-Like the share page (tracker/api/share_page.py, whose helpers it uses), it is
-plain HTML, CSS and JS from static/ with no build step: Leaflet from
-XStatic, no inline script or style, a strict Content-Security-Policy, the
-page's settings in a JSON data block. It is a client of the public API only:
+Like the share page, it is plain HTML, CSS and JS from static/ with no build
+step, served by tracker/api/pages.py's rules: Leaflet from XStatic, no inline
+script or style, a strict Content-Security-Policy, the page's settings in a
+JSON data block. It is a client of the public API only:
 it signs in with `POST {api_prefix}/auth/login`, keeps the JWT in the tab's
 sessionStorage (never in a URL, so never in a log or a Referer), and reads
 `/devices`, `/tracks`, `/stats`, `/sharing/sessions` and `/ws/realtime` with
@@ -16,34 +16,21 @@ console never hides it.
 
 from __future__ import annotations
 
-import trio
 from quart import Blueprint, Response, request
 from quart_schema import hide
 
-from tracker.api.share_page import (
-    ASSET_VERSION_PLACEHOLDER,
-    LEAFLET_VERSION,
-    LEAFLET_VERSION_PLACEHOLDER,
-    STATIC_DIR,
-    _asset,
-    _asset_version,
-    content_security_policy,
-    json_for_html,
-)
+from tracker.api import pages
 from tracker.config import Settings
 from tracker.context import current
 from tracker.fleet import MOVING_SPEED_MPS
 
 blueprint = Blueprint("console_page", __name__)
 
-CONFIG_PLACEHOLDER = "{{console_config}}"
 POLL_INTERVAL_SECONDS = 5  # the device list, while the WebSocket is down
 PAGE_HEADERS = {
     "Referrer-Policy": "no-referrer",
     "Cache-Control": "no-store",
     "X-Robots-Tag": "noindex",
-    "X-Content-Type-Options": "nosniff",
-    "X-Frame-Options": "DENY",
 }
 
 
@@ -70,27 +57,18 @@ async def console_page() -> Response:
         from tracker.api.ingest import osmand_port_root
 
         return await osmand_port_root()
-    template = await trio.Path(STATIC_DIR / "console.html").read_text(encoding="utf-8")
-    script = await trio.Path(STATIC_DIR / "console.js").read_text(encoding="utf-8")
-    styles = await trio.Path(STATIC_DIR / "console.css").read_text(encoding="utf-8")
-    html = (
-        template.replace(CONFIG_PLACEHOLDER, json_for_html(console_config(settings)))
-        .replace(ASSET_VERSION_PLACEHOLDER, _asset_version(script, styles))
-        .replace(LEAFLET_VERSION_PLACEHOLDER, LEAFLET_VERSION)
-    )
-    response = Response(html, content_type="text/html; charset=utf-8")
+    response = await pages.render("console", console_config(settings), settings)
     response.headers.update(PAGE_HEADERS)
-    response.headers["Content-Security-Policy"] = content_security_policy(settings)
     return response
 
 
 @blueprint.get("/static/console.css")
 @hide
 async def console_css() -> Response:
-    return await _asset(STATIC_DIR, "console.css", "no-cache")
+    return await pages.asset("console.css")
 
 
 @blueprint.get("/static/console.js")
 @hide
 async def console_js() -> Response:
-    return await _asset(STATIC_DIR, "console.js", "no-cache")
+    return await pages.asset("console.js")
