@@ -238,6 +238,7 @@ class RedisBroker:
         self._dropped_lock = threading.Lock()  # dropped grows in both the loop and the sender
         self._resynced_at = 0  # dropped when the last resync was sent: above it, send one
         self._stop = threading.Event()
+        self.subscribed = trio.Event()  # set once the first subscription is confirmed
 
     # -- the trio side
 
@@ -264,6 +265,11 @@ class RedisBroker:
             else:
                 assert message.topic is not None
                 self.hub.publish(message.topic, message.key, message.item)
+
+    def _on_subscribed(self, after_loss: bool) -> None:
+        self.subscribed.set()
+        if after_loss:
+            self._resync()
 
     def _resync(self) -> None:
         self.resyncs += 1
@@ -323,24 +329,18 @@ class RedisBroker:
                         break
                 with self._dropped_lock:
                     dropped = self.dropped
+                messages = batch
+                if dropped > self._resynced_at:
+                    messages = [encode_resync(self.origin), *batch]
                 try:
-                    if client is None:
-                        client = self._client()
-                    pipeline = client.pipeline(transaction=False)
-                    if dropped > self._resynced_at:
-                        pipeline.publish(CHANNEL, encode_resync(self.origin))
-                    for message in batch:
-                        pipeline.publish(CHANNEL, message)
-                    pipeline.execute()
+                    client = self._publish(client, messages)
                 except _REDIS_DOWN as error:
+                    client = None
                     if dropped == self._resynced_at:
                         log.warning(
                             "broker: cannot publish to Redis at %s: %s", self.address, error
                         )
                     self._drop(len(batch))
-                    if client is not None:
-                        client.close()
-                        client = None
                     delay = self._back_off(delay)
                     self._drop_queued()  # published while down: the resync covers them
                     continue
@@ -355,6 +355,29 @@ class RedisBroker:
         finally:
             if client is not None:
                 client.close()
+
+    def _publish(self, client: redis.Redis | None, messages: list[bytes]) -> redis.Redis:
+        """Publish in one round trip; the client to use next. A connection left idle while
+        Redis restarted fails once, so a failed batch is tried again on a fresh connection
+        (a message may then arrive twice: mailboxes conflate it by key)."""
+        if client is not None:
+            try:
+                return self._pipelined(client, messages)
+            except _REDIS_DOWN:
+                client.close()
+        client = self._client()
+        try:
+            return self._pipelined(client, messages)
+        except _REDIS_DOWN:
+            client.close()
+            raise
+
+    def _pipelined(self, client: redis.Redis, messages: list[bytes]) -> redis.Redis:
+        pipeline = client.pipeline(transaction=False)
+        for message in messages:
+            pipeline.publish(CHANNEL, message)
+        pipeline.execute()
+        return client
 
     def _drop(self, count: int) -> None:
         with self._dropped_lock:
@@ -387,7 +410,7 @@ class RedisBroker:
                                 "told to resync",
                                 self.address,
                             )
-                            trio.from_thread.run_sync(self._resync)
+                        trio.from_thread.run_sync(self._on_subscribed, lost)
                         lost = False
                         delay = RECONNECT_FIRST_SECONDS
                         continue
