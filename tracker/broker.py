@@ -277,6 +277,7 @@ class RedisBroker:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """The sender and listener threads, until cancelled; then both stop."""
+        log.info("broker: Redis at %s", self.address)
         self._stop.clear()
         try:
             async with trio.open_nursery() as nursery:
