@@ -109,6 +109,18 @@ async def test_share_endings_changes_events_and_nudges_reach_the_other_process(p
     assert await take(outbox) == [None]
 
 
+async def test_a_burst_of_fixes_of_many_devices_arrives_whole_in_the_other_process(processes):
+    first, second = processes
+    watcher = second.watch(instance_topic("instance-1"))
+    sent = {f"truck-{n}" for n in range(1234)}  # more than one batch each way
+    for token in sorted(sent):
+        first.broker.publish_fix(live_fix(token))
+    received: set[str] = set()
+    while received != sent:
+        received |= {fix.device_token for fix in await take(watcher)}
+        assert received <= sent
+
+
 async def test_a_process_delivers_its_own_fixes_at_once_and_never_twice(processes):
     first, second = processes
     own = first.watch(instance_topic("instance-1"))

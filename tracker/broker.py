@@ -233,7 +233,6 @@ class RedisBroker:
         self.origin = uuid.uuid4().hex  # this process, so it skips its own messages
         self.address = redis_address(url)
         self.dropped = 0  # messages not sent: Redis was down or the queue full
-        self.resyncs = 0  # times this process's hub was told to resync
         self._outbox: queue.Queue[bytes] = queue.Queue(OUTBOX_CAPACITY)
         self._dropped_lock = threading.Lock()  # dropped grows in both the loop and the sender
         self._resynced_at = 0  # dropped when the last resync was sent: above it, send one
@@ -272,7 +271,6 @@ class RedisBroker:
             self._resync()
 
     def _resync(self) -> None:
-        self.resyncs += 1
         self.hub.publish(RESYNC_TOPIC, "resync", Resync())
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -432,10 +430,12 @@ class RedisBroker:
                 client.close()
 
     def _read_batch(self, subscription: Any, first: dict[str, Any]) -> list[Received]:
-        """The first message and whatever else is already there, decoded; others' only."""
+        """The first message and whatever else is already there (up to DELIVER_BATCH read),
+        decoded; other processes' only."""
         batch: list[Received] = []
         message: dict[str, Any] | None = first
-        while message is not None:
+        for read in range(1, DELIVER_BATCH + 1):
+            assert message is not None
             if message["type"] == "message":
                 try:
                     received = decode(message["data"])
@@ -444,7 +444,9 @@ class RedisBroker:
                 else:
                     if received.origin != self.origin:
                         batch.append(received)
-            if len(batch) >= DELIVER_BATCH:
+            if read == DELIVER_BATCH:
                 break
             message = subscription.get_message(timeout=0)
+            if message is None:
+                break
         return batch
