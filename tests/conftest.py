@@ -217,3 +217,33 @@ class ServerProcess:
     def stop(self, signal_number: int) -> int:
         self.process.send_signal(signal_number)
         return self.process.wait(timeout=15)
+
+
+@pytest.fixture
+def redis_server(tmp_path):
+    """A real redis-server of the test's own (tests/engines.py), stopped after it."""
+    from tests.engines import RedisServer
+
+    server = RedisServer(tmp_path / "redis")
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """A real PostgreSQL cluster (tests/engines.py), one per test session."""
+    from tests.engines import PostgresServer
+
+    server = PostgresServer()
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def postgres_url(postgres_server) -> str:
+    """A fresh, empty database on the session's PostgreSQL."""
+    return postgres_server.create_database(f"test_{secrets.token_hex(6)}")

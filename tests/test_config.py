@@ -48,6 +48,8 @@ def test_tracker_config_variable_names_another_file(tmp_path):
         ("", {"TRACKER_SERVER_PROT": "80"}, "TRACKER_SERVER_PROT"),
         ('[storage]\nsynchronous = "sometimes"\n', {}, "storage.synchronous"),
         ("[server]\nport = 70000\n", {}, "server.port"),
+        ("", {"TRACKER_BROKER_URL": "amqp://127.0.0.1"}, "broker.url"),
+        ("", {"TRACKER_BROKER_URL": "redis://127.0.0.1:6379/cache"}, "broker.url"),
     ],
 )
 def test_bad_value_fails_naming_the_key(tmp_path, toml, environ, named):
@@ -55,6 +57,15 @@ def test_bad_value_fails_naming_the_key(tmp_path, toml, environ, named):
     path.write_text(toml)
     with pytest.raises(ConfigError, match=named.replace(".", r"\.")):
         load_settings(path, environ=environ)
+
+
+def test_a_bad_broker_url_is_refused_without_showing_its_password(tmp_path):
+    (tmp_path / "tracker.toml").write_text("")
+    with pytest.raises(ConfigError, match=r"broker\.url") as refused:
+        load_settings(
+            tmp_path / "tracker.toml", environ={"TRACKER_BROKER_URL": "redis://:s3cret@h:x/0"}
+        )
+    assert "s3cret" not in str(refused.value)
 
 
 def test_missing_named_config_file_is_an_error(tmp_path):

@@ -21,6 +21,7 @@ from quart_trio.wrappers import TrioRequest
 from tracker import __version__, jsoncodec
 from tracker.api.schemas import TrackerOpenAPIProvider
 from tracker.auth import GENERATED_SECRET_NAME, TokenVerifier
+from tracker.broker import open_broker
 from tracker.clientaddr import ClientAddress
 from tracker.config import Settings
 from tracker.connlimit import PerAddressLimit
@@ -131,6 +132,7 @@ def create_app(settings: Settings, db: Database | None = None) -> Quart:
     del app.make_response
     db = db or Database(settings.storage.path, settings.storage.synchronous)
     hub = Hub()
+    broker = open_broker(settings.broker.url, hub)
     metrics = Metrics()
     tracker = Tracker(
         settings=settings,
@@ -140,9 +142,10 @@ def create_app(settings: Settings, db: Database | None = None) -> Quart:
             server_keys.get_or_create, COOKIE_KEY_NAME, lambda: secrets.token_urlsafe(32)
         )[0].encode(),
         hub=hub,
+        broker=broker,
         writer=Writer(
             db,
-            hub,
+            broker,
             settings.trips.split_gap_seconds,
             settings.sharing.arrival_radius_m,
             metrics,
@@ -270,6 +273,7 @@ async def run_background(
                 await nursery.start(
                     tracker.hub.run_pump, tracker.settings.realtime.fanout_interval_seconds
                 )
+                await nursery.start(tracker.broker.run)
                 await nursery.start(tracker.writer.run)
                 await nursery.start(
                     tracker.keepalive.run, tracker.settings.realtime.ping_interval_seconds
@@ -281,7 +285,7 @@ async def run_background(
                 nursery.start_soon(
                     run_sweeper,
                     tracker.db,
-                    tracker.hub,
+                    tracker.broker,
                     tracker.settings.trips.split_gap_seconds,
                     tracker.settings.console.offline_after_seconds,
                 )

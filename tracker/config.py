@@ -73,6 +73,25 @@ class StorageSettings(_Section):
     retention_days: int = Field(90, ge=0)
 
 
+class BrokerSettings(_Section):
+    url: str = ""  # empty: one process (in-process); redis://host:6379/0 for several
+
+    @field_validator("url")
+    @classmethod
+    def _url_shape(cls, value: str) -> str:
+        if value:
+            try:
+                parts = urlsplit(value)
+                parts.port  # noqa: B018 (raises on a bad port)
+            except ValueError:
+                raise ValueError("not a URL with a valid port") from None
+            if parts.scheme not in ("redis", "rediss") or not parts.hostname:
+                raise ValueError("must be empty or redis://[:password@]host[:port][/db]")
+            if parts.path not in ("", "/") and not parts.path[1:].isdigit():
+                raise ValueError("the path must be a database number, e.g. redis://host:6379/0")
+        return value
+
+
 class AuthSettings(_Section):
     jwt_secret: str = ""
     jwt_public_key_file: str = ""
@@ -207,6 +226,7 @@ class MetricsSettings(_Section):
 class Settings(_Section):
     server: ServerSettings = ServerSettings()
     storage: StorageSettings = StorageSettings()
+    broker: BrokerSettings = BrokerSettings()
     auth: AuthSettings = AuthSettings()
     ingest: IngestSettings = IngestSettings()
     trips: TripSettings = TripSettings()
@@ -264,7 +284,7 @@ def _validate(data: dict) -> Settings:
         for item in error.errors():
             key = ".".join(str(part) for part in item["loc"])
             shown = item.get("input")
-            if key == "ingest.mqtt_url":
+            if key in ("ingest.mqtt_url", "broker.url"):
                 shown = _without_password(shown)
             problems.append(f"{key}: {item['msg']} (got {shown!r})")
         raise ConfigError("invalid configuration: " + "; ".join(problems)) from None

@@ -1,4 +1,4 @@
-"""What one running app shares: settings, store, token verifier, hub, writer, keepalive, metrics.
+"""What one running app shares: settings, store, token verifier, hub, broker, writer, metrics.
 
 Routes reach it with `current()`; tests reach it through `app.extensions`.
 There is one per app and none at module level.
@@ -14,6 +14,7 @@ from quart import current_app
 
 from tracker.accounts import SignInGuard
 from tracker.auth import TokenVerifier
+from tracker.broker import Broker
 from tracker.config import Settings
 from tracker.hub import Hub
 from tracker.metrics import Metrics
@@ -31,6 +32,7 @@ class Tracker:
     hub: Hub
     writer: Writer
     share_limiter: RateLimiter
+    broker: Broker  # publishers publish here; it reaches every process's hub
     cookie_key: bytes = b""  # signs μlogger session cookies (tracker/ingest/ulogger.py)
     metrics: Metrics = field(default_factory=Metrics)
     keepalive: Keepalive = field(default_factory=Keepalive)

@@ -29,7 +29,8 @@ from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
 
-from tracker.hub import Hub, events_topic, session_topic
+from tracker.broker import Publisher
+from tracker.hub import events_topic, session_topic
 from tracker.sharing import SessionChanged, SessionEnded, admin_view
 from tracker.store import events as events_store
 from tracker.store import sessions as sessions_store
@@ -236,7 +237,7 @@ def sweep_quiet(
 # -- after the commit ----------------------------------------------------------
 
 
-def announce(hub: Hub, events: Iterable[Event]) -> None:
+def announce(hub: Publisher, events: Iterable[Event]) -> None:
     """Tell the live side about committed events (call only after the commit)."""
     any_event = False
     for event in events:

@@ -16,14 +16,14 @@ import time
 import trio
 
 from tracker import events
+from tracker.broker import Publisher
 from tracker.errors import StorageUnavailable
-from tracker.hub import Hub
 from tracker.store import Database
 
 SWEEP_EVERY_SECONDS = 30
 
 
-async def sweep_once(db: Database, hub: Hub, now: float | None = None) -> list[str]:
+async def sweep_once(db: Database, hub: Publisher, now: float | None = None) -> list[str]:
     """Expire overdue sessions; returns their ids."""
     expired = await db.write(events.expire_shares, time.time() if now is None else now)
     events.announce(hub, expired)
@@ -32,7 +32,7 @@ async def sweep_once(db: Database, hub: Hub, now: float | None = None) -> list[s
 
 async def sweep_quiet_once(
     db: Database,
-    hub: Hub,
+    hub: Publisher,
     split_gap_seconds: float,
     offline_after_seconds: float,
     now: float | None = None,
@@ -48,7 +48,7 @@ async def sweep_quiet_once(
 
 
 async def run_sweeper(
-    db: Database, hub: Hub, split_gap_seconds: float = 300, offline_after_seconds: float = 600
+    db: Database, hub: Publisher, split_gap_seconds: float = 300, offline_after_seconds: float = 600
 ) -> None:
     while True:
         with contextlib.suppress(StorageUnavailable):  # the store logged it; next round retries

@@ -37,9 +37,10 @@ from dataclasses import dataclass, field
 import trio
 
 from tracker import events
+from tracker.broker import Publisher
 from tracker.errors import StorageUnavailable
 from tracker.geofences import GeofenceIndex, check_live_fixes
-from tracker.hub import Hub, LiveFix
+from tracker.hub import LiveFix
 from tracker.metrics import Metrics
 from tracker.models import Position
 from tracker.profiles import display_value
@@ -80,7 +81,7 @@ class Writer:
     def __init__(
         self,
         db: Database,
-        hub: Hub,
+        hub: Publisher,  # the broker: every process's hub
         split_gap_seconds: float,
         arrival_radius_m: float,
         metrics: Metrics | None = None,

@@ -135,7 +135,7 @@ async def create_session(data: ShareCreate, principal: Principal) -> tuple[dict,
         share_config=data.share_config.given() if data.share_config else {},
     )
     created = await tracker.db.write(events.share_created, session, now)
-    events.announce(tracker.hub, [created])
+    events.announce(tracker.broker, [created])
     session_links = links(tracker.settings, token)
     return {
         **admin_view(session, now),
@@ -246,7 +246,7 @@ async def update_session(session_id: str, data: ShareUpdate, principal: Principa
     updated = await tracker.db.write(events.share_updated, session_id, changes, time.time())
     if updated is None:
         raise _already_ended(session)
-    events.announce(tracker.hub, [updated])
+    events.announce(tracker.broker, [updated])
     return admin_view(await tracker.db.read(sessions_store.get, session_id))
 
 
@@ -257,7 +257,7 @@ async def _end(principal: Principal, session_id: str, status: str) -> dict:
     ended = await tracker.db.write(events.end_share, session_id, status, status, now)
     if ended is None:
         raise _already_ended(session)
-    events.announce(tracker.hub, [ended])
+    events.announce(tracker.broker, [ended])
     return admin_view(await tracker.db.read(sessions_store.get, session_id), now)
 
 

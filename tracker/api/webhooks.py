@@ -253,5 +253,5 @@ async def send_test_event(webhook_id: str, principal: Principal) -> tuple[dict, 
     event = await tracker.db.write(
         events.emit, webhook.instance_id, events.WEBHOOK_TEST, data, time.time(), webhook.id
     )
-    events.announce(tracker.hub, [event])
+    events.announce(tracker.broker, [event])
     return {"event_id": event.id}, 202
