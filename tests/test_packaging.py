@@ -133,9 +133,7 @@ def test_wheel_carries_every_module_and_every_static_file(wheel):
 
 
 def test_installed_tracker_runs_from_the_wheel_not_the_checkout(installed, tmp_path):
-    code = (
-        "import tracker, tracker.api.pages as p; print(tracker.__file__); print(p.STATIC_DIR)"
-    )
+    code = "import tracker, tracker.api.pages as p; print(tracker.__file__); print(p.STATIC_DIR)"
     result = run(installed.python, "-c", code, cwd=tmp_path, env=clean_env())
     module, static = result.stdout.split()
     assert Path(module).is_relative_to(installed.venv)
