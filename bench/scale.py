@@ -73,6 +73,7 @@ from fanout import (  # noqa: E402
     http_json,
     in_workdir,
     machine_line,
+    process_cpu_seconds,
     raise_nofile_limit,
     receiver_process,
     render_table,
@@ -81,7 +82,9 @@ from fanout import (  # noqa: E402
     split,
     split_cpus,
     spread_sources,
+    start_profiler,
     step,
+    top_functions,
     versions,
 )
 from memory import measure  # noqa: E402
@@ -318,6 +321,12 @@ class ScaleBench:
             f"last {fmt_ms(raw.max_ms)}; {self.missing(raw)}" if raw else "-",
             passed and row.connected == row.subscribers,
         )
+        if publishes:
+            verdict.notes.append(
+                f"{row.name}: the server used {row.server_cpu * row.seconds / publishes * 1000:.0f}"
+                f" ms of CPU per publish ({row.server_cpu * 100:.0f}% of one core over"
+                f" {row.seconds:g} s, {publishes} publishes to {row.connected:,} viewers)"
+            )
         verdict.notes += [f"{row.name}: {n}" for n in row.notes]
         if raw:
             verdict.notes += [f"{raw.name}: {n}" for n in raw.notes]
@@ -372,7 +381,6 @@ class ScaleBench:
     def reconnect(self) -> Verdict:
         args = self.args
         server, instance_id, devices, read_token, _ = self.server("reconnect", 10)
-        notes = []
         try:
             now = int(time.time())
             for index, device in enumerate(devices):  # every connection gets a snapshot
@@ -381,44 +389,71 @@ class ScaleBench:
             specs = spread_sources(
                 [WsSpec(f"{API_PREFIX}/ws/realtime", auth) for _ in range(args.reconnect)]
             )
-            collector = Collector()
-            control = self.new_control()
-            step(f"reconnect: opening {len(specs):,} /ws/realtime connections")
-            started = time.time()
-            processes, opened, failed, errors = self.open_all(
-                server.port, specs, "first", collector, control
-            )
-            first = time.time() - started
-            notes.append(
-                f"first connect ({fanout.MAX_INFLIGHT_HANDSHAKES} handshakes in flight per"
-                f" process): {opened:,} welcomed in {first:.2f} s, {failed} failed {errors or ''}"
-            )
-            step(f"reconnect: {opened:,} open; dropping them all")
-            self.close_all(processes, collector, control)
-            step(f"reconnect: {len(specs):,} clients reconnecting at once")
-            collector = Collector()
-            control = self.new_control()
-            with patched("MAX_INFLIGHT_HANDSHAKES", len(specs)):
-                started = time.time()
-                processes, reopened, refailed, errors = self.open_all(
-                    server.port, specs, "again", collector, control
-                )
-                seconds = time.time() - started
-            self.close_all(processes, collector, control)
+            seconds, reopened, notes = self.storm(server.port, server.pid, specs, "reconnect")
         finally:
             server.stop()
-        if refailed:
-            notes.append(f"reconnect: {refailed} connections failed: {errors}")
+        reference = "-"
+        if not args.no_reference:
+            raw = RawBroadcaster(self.workdir, self.children, self.server_cpus)
+            step("reference: raw ASGI broadcaster on Hypercorn's trio worker")
+            raw.start()
+            try:
+                raw_specs = spread_sources([WsSpec(RAW_WS_PATH) for _ in range(args.reconnect)])
+                raw_seconds, raw_opened, raw_notes = self.storm(
+                    raw.port, raw.pid, raw_specs, "ref-reconnect"
+                )
+            finally:
+                raw.stop()
+            reference = f"{raw_seconds:.2f} s to open all ({raw_opened:,} opened; no auth)"
+            notes += [f"ref raw: {n}" for n in raw_notes]
         return self.with_notes(
             Verdict(
                 f"c. {len(specs):,} clients reconnecting at once",
-                f"all subscribed in {seconds:.2f} s ({reopened:,} welcomed, {refailed} failed)",
+                f"all subscribed in {seconds:.2f} s ({reopened:,} welcomed,"
+                f" {len(specs) - reopened} failed)",
                 f"all within {RECONNECT_SECONDS:g} s",
-                "-",
+                reference,
                 reopened == len(specs) and seconds <= RECONNECT_SECONDS,
             ),
             notes,
         )
+
+    def storm(self, port: int, pid: int, specs: list[WsSpec], name: str):
+        """Open specs, drop them all, reopen them all at once: (seconds, reopened, notes)."""
+        notes = []
+        collector = Collector()
+        control = self.new_control()
+        step(f"{name}: opening {len(specs):,} WebSocket connections")
+        started = time.time()
+        processes, opened, failed, errors = self.open_all(port, specs, "first", collector, control)
+        first = time.time() - started
+        notes.append(
+            f"first connect ({fanout.MAX_INFLIGHT_HANDSHAKES} handshakes in flight per"
+            f" process): {opened:,} open in {first:.2f} s, {failed} failed {errors or ''}"
+        )
+        step(f"{name}: {opened:,} open; dropping them all")
+        self.close_all(processes, collector, control)
+        step(f"{name}: {len(specs):,} clients reconnecting at once")
+        collector = Collector()
+        control = self.new_control()
+        profiler = self.profile(pid, name)
+        with patched("MAX_INFLIGHT_HANDSHAKES", len(specs)):
+            started, cpu = time.time(), process_cpu_seconds(pid)
+            processes, reopened, refailed, errors = self.open_all(
+                port, specs, "again", collector, control
+            )
+            seconds = time.time() - started
+            cpu = process_cpu_seconds(pid) - cpu
+        notes += self.profiled(profiler, name)
+        self.close_all(processes, collector, control)
+        if refailed:
+            notes.append(f"reconnect: {refailed} connections failed: {errors}")
+        notes.append(
+            f"the server used {cpu:.2f} s of CPU for the reconnect ({cpu / len(specs) * 1000:.2f}"
+            f" ms per connection; {cpu / seconds * 100:.0f}% of one core over the"
+            f" {seconds:.2f} s): on an idle core it would take about that long"
+        )
+        return seconds, reopened, notes
 
     # -- d: idle connections -------------------------------------------------------------
 
@@ -470,6 +505,28 @@ class ScaleBench:
         )
         return verdict
 
+    def profile(self, pid: int, name: str):
+        """py-spy on the server until profiled() (--profile DIR), else None."""
+        if not self.args.profile:
+            return None
+        out = Path(self.args.profile).resolve()
+        out.mkdir(parents=True, exist_ok=True)
+        bound = argparse.Namespace(seconds=CONNECT_TIMEOUT_SECONDS)
+        return start_profiler(self.children, pid, out / f"{name}.txt", bound, self.client_cpus)
+
+    def profiled(self, profiler, name: str) -> list[str]:
+        """Stop py-spy (SIGINT: it writes its samples) and name the hottest functions."""
+        if profiler is None:
+            return []
+        profiler.send_signal(signal.SIGINT)
+        with contextlib.suppress(Exception):
+            profiler.wait(timeout=30)
+        self.children.stop(profiler)
+        out = Path(self.args.profile).resolve() / f"{name}.txt"
+        if not out.exists():
+            return ["py-spy wrote no profile"]
+        return [f"py-spy profile (collapsed stacks): {out}", *top_functions(out, 15)]
+
     @staticmethod
     def with_notes(verdict: Verdict, notes: list[str]) -> Verdict:
         verdict.notes += notes
@@ -518,6 +575,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--no-reference", action="store_true", help="b: skip the raw broadcaster beside it"
+    )
+    parser.add_argument(
+        "--profile",
+        metavar="DIR",
+        help="py-spy the server during the reconnect (pip install py-spy)",
     )
     parser.add_argument("--keep", action="store_true", help="keep the temp directory")
     args = parser.parse_args(argv)

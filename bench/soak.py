@@ -771,6 +771,13 @@ def summary(args: argparse.Namespace, info: dict) -> tuple[list[str], bool]:
         f" posted, {sums['post_errors']:,.0f} POST errors; {sums['viewer_messages']:,.0f} viewer"
         f" messages, {sums['viewer_errors']:,.0f} viewer errors"
     )
+    posted_rate = sums["posted"] / (len(minutes) * 60) if minutes else 0.0
+    if args.post_rate and posted_rate < 0.95 * args.post_rate:
+        lines.append(
+            f"note: {posted_rate:.0f} POSTs/s answered of the {args.post_rate:g}/s asked (the"
+            " devices send closed loop): the server did not keep up, so this run does not show"
+            " the soak at the asked load"
+        )
     for name, count in sorted(info["client_errors"].items(), key=lambda kv: -kv[1])[:8]:
         lines.append(f"error: {count} x {name}")
     for line in info["log_tail"]:
