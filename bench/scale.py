@@ -19,7 +19,9 @@ Phases (--phases, comma-separated), each on a fresh `python -m tracker serve`:
   reconnect    --reconnect (2,000) `/ws/realtime` clients connect and authenticate, are
                all dropped at once (sockets closed, no close frame), and all reconnect at
                once (no cap on handshakes in flight): the time from the reconnect to the
-               last `welcome` (authenticated and subscribed) must be within 5 s.
+               last `welcome` (authenticated and subscribed) must be within 5 s. The
+               same storm on the raw broadcaster (handshake only) is shown beside it,
+               and the server's CPU per connection (--profile DIR: py-spy).
   idle         --idle (10,000) idle authenticated `/ws/realtime` connections, held --hold
                (30) s (one ping round): the server's RSS (VmRSS, /proc) must stay under
                1 GiB. Measured by bench/memory.py's `measure`.
@@ -574,7 +576,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--client-processes", type=int, default=4, help="WebSocket client processes (4)"
     )
     parser.add_argument(
-        "--no-reference", action="store_true", help="b: skip the raw broadcaster beside it"
+        "--no-reference", action="store_true", help="b, c: skip the raw broadcaster beside it"
     )
     parser.add_argument(
         "--profile",
