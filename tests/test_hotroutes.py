@@ -337,6 +337,21 @@ async def test_a_chunked_body_is_left_to_the_framework(app, fleet, both):
     assert fast.status == 201
 
 
+async def test_a_refused_body_leaves_the_keep_alive_connection_usable(fleet, http):
+    """Refusals the framework answers get the whole body, read once, over real sockets."""
+    path = f"/devices/{fleet.a.device_token}/positions"
+    key = {"X-Ingest-Key": fleet.a.ingest_key}
+    form = {**key, "Content-Type": "application/x-www-form-urlencoded"}
+    refused = await http.post(path, content=b"latitude=1&longitude=2" * 100, headers=form)
+    assert refused.status_code == 415
+    invalid = await http.post(path, content=fix(30, latitude=91), headers={**JSON, **key})
+    assert invalid.status_code == 422
+    wrong = await http.post(path, content=fix(31), headers={**JSON, "X-Ingest-Key": "wrong"})
+    assert wrong.status_code == 401
+    accepted = await http.post(path, content=fix(32), headers={**JSON, **key})
+    assert (accepted.status_code, accepted.json()) == (201, {"accepted": 1, "duplicates": 0})
+
+
 @pytest.fixture
 def live(tmp_path):
     server = ServerProcess(tmp_path, env={"TRACKER_AUTH_JWT_SECRET": "h" * 48})

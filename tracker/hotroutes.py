@@ -72,7 +72,7 @@ class ClientGone(Exception):
 class Request:
     """One HTTP request as the fast path sees it: scope, headers by lower-case name, the body."""
 
-    __slots__ = ("scope", "headers", "body", "_receive")
+    __slots__ = ("scope", "headers", "body", "read_started", "_receive")
 
     def __init__(self, scope: dict, receive: Callable):
         self.scope = scope
@@ -81,6 +81,7 @@ class Request:
         for name, value in scope["headers"]:
             self.headers.setdefault(name.lower(), value)
         self.body = b""
+        self.read_started = False  # once true, the framework gets the body from replay()
 
     def header(self, name: bytes) -> str | None:
         value = self.headers.get(name)
@@ -111,6 +112,7 @@ class Request:
         if not length.isdigit() or int(length) > limit:
             raise FallThrough
         expected = int(length)
+        self.read_started = True
         chunks: list[bytes] = []
         size = 0
         with trio.move_on_after(timeout):
@@ -131,10 +133,11 @@ class Request:
 
     def replay(self) -> Callable[[], Awaitable[dict]]:
         """A receive that gives the body read so far, then the client's own messages."""
-        pending = [{"type": "http.request", "body": self.body, "more_body": False}]
-        if self.body and len(self.body) < int(self.header(b"content-length") or 0):
-            pending[0]["more_body"] = True
         receive = self._receive
+        if not self.read_started:
+            return receive
+        more = len(self.body) < int(self.header(b"content-length") or 0)
+        pending = [{"type": "http.request", "body": self.body, "more_body": more}]
 
         async def replayed() -> dict:
             if pending:
