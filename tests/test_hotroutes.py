@@ -174,6 +174,7 @@ async def test_successful_answers_are_the_frameworks(app, fleet, both):
         "",
         f"instance_id={fleet.a.instance_id}",
         "timezone=Europe/Berlin&date_format=iso",
+        "timezone=America%2FNew_York&date_format=human&timezone=UTC",
     ):
         reads = [
             await asgi_call(
@@ -235,6 +236,7 @@ ERROR_CASES = [
     ("device of another instance", "GET", "position", {"Authorization": "READ_B"}, b"", ""),
     ("bad time zone", "GET", "position", {"Authorization": "READ"}, b"", "timezone=Mars/Base"),
     ("bad date format", "GET", "position", {"Authorization": "READ"}, b"", "date_format=x"),
+    ("bad escape", "GET", "position", {"Authorization": "READ"}, b"", "timezone=%ff%2F"),
     ("instance not in token", "GET", "position", {"Authorization": "READ"}, b"", "instance_id=z"),
     ("unknown OsmAnd id", "GET", "/ingest/osmand", {}, b"", "id=nope&lat=1&lon=2"),
     ("OsmAnd without fix", "GET", "/ingest/osmand", {}, b"", "id=KEY_A"),

@@ -37,6 +37,7 @@ from collections.abc import Awaitable, Callable
 from urllib.parse import parse_qsl
 
 import trio
+import werkzeug.urls  # noqa: F401  registers the "werkzeug.url_quote" error handler
 
 from tracker import jsoncodec
 from tracker.api.positions import position_fields
@@ -88,10 +89,14 @@ class Request:
         return None if value is None else value.decode("latin-1")
 
     def query(self) -> dict[str, str]:
-        """The query string's first value of each name, decoded as Werkzeug's `args` does."""
+        """The query string's first value of each name, decoded as Werkzeug's `args` does
+        (invalid percent-escapes stay encoded: the error handler Werkzeug registers)."""
         args: dict[str, str] = {}
-        raw = self.scope.get("query_string", b"")
-        for name, value in parse_qsl(raw.decode("latin-1"), keep_blank_values=True):
+        try:
+            text = self.scope.get("query_string", b"").decode()
+        except UnicodeDecodeError:
+            raise FallThrough from None
+        for name, value in parse_qsl(text, keep_blank_values=True, errors="werkzeug.url_quote"):
             args.setdefault(name, value)
         return args
 
