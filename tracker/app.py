@@ -28,6 +28,7 @@ from tracker.connlimit import PerAddressLimit
 from tracker.context import Tracker
 from tracker.errors import BadRequest, UnsupportedMediaType, register_error_handlers
 from tracker.expiry import run_sweeper
+from tracker.hotroutes import HotRoutes
 from tracker.hub import Hub
 from tracker.ingest.mqtt import MqttIngest
 from tracker.metrics import Metrics
@@ -195,7 +196,8 @@ def create_app(settings: Settings, db: Database | None = None) -> Quart:
     app.register_blueprint(health.metrics_blueprint)  # GET /metrics: no API prefix
     app.register_blueprint(share_page.blueprint)  # the recipient's page: no API prefix
     app.register_blueprint(pages.blueprint)  # the pages' common script and Leaflet
-    tracker.websockets = WebSocketRouter(app.asgi_app, websocket_routes(tracker))
+    hot_routes = HotRoutes(app.asgi_app, tracker, MAX_BODY_BYTES, BODY_TIMEOUT_SECONDS)
+    tracker.websockets = WebSocketRouter(hot_routes, websocket_routes(tracker))
     app.asgi_app = ClientAddress(
         GuardedResponses(
             PerAddressLimit(
@@ -235,6 +237,7 @@ def create_app(settings: Settings, db: Database | None = None) -> Quart:
         if tracker.background is not None:
             tracker.background.cancel()
             await tracker.background_done.wait()
+        hot_routes.close()
         db.close()
 
     return app

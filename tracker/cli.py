@@ -210,6 +210,19 @@ def cmd_device_add(args: argparse.Namespace, settings: Settings) -> None:
     _emit(args, answer, text)
 
 
+def cmd_device_rotate_key(args: argparse.Namespace, settings: Settings) -> None:
+    key = _open_database(settings).write_sync(devices.rotate_ingest_key, args.token)
+    if key is None:
+        raise CommandError(f"no device {args.token!r}")
+    _emit(args, {"device_token": args.token, "ingest_key": key}, f"ingest_key: {key}")
+
+
+def cmd_device_remove(args: argparse.Namespace, settings: Settings) -> None:
+    if not _open_database(settings).write_sync(devices.delete, args.token):
+        raise CommandError(f"no device {args.token!r}")
+    _emit(args, {"device_token": args.token, "removed": True}, f"removed {args.token}")
+
+
 def cmd_token_create(args: argparse.Namespace, settings: Settings) -> None:
     from tracker.app import open_verifier
 
@@ -407,6 +420,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--mqtt-topic",
         help="the topic its OwnTracks app publishes to over MQTT, e.g. owntracks/alice/phone",
     )
+    rotate = command(
+        device_commands, "rotate-key", cmd_device_rotate_key, "give a device a new ingest key"
+    )
+    rotate.add_argument("token", help="device token")
+    remove = command(
+        device_commands, "remove", cmd_device_remove, "remove a device and its positions"
+    )
+    remove.add_argument("token", help="device token")
 
     export = command(commands, "export", cmd_export, "write a device's positions as a file")
     export.add_argument("--device", required=True, help="device token")

@@ -230,6 +230,28 @@ def m006_geofences(db: sqlite_utils.Database) -> None:
     db.execute("CREATE INDEX geofence_presence_fence ON geofence_presence(geofence_id)")
 
 
+@migrations()
+def m007_device_generation(db: sqlite_utils.Database) -> None:
+    # Bumped by every change to a device but its live position (last_position_id,
+    # which each ingest commit moves), whichever process makes it: the server's
+    # cache of devices (tracker/store/hotreads.py) reads it when SQLite says that
+    # another connection committed, and forgets its devices when it moved. A later
+    # column that the cache reads needs a migration that adds it to the UPDATE trigger.
+    db.execute(
+        "CREATE TABLE device_generation"
+        " (id INTEGER PRIMARY KEY CHECK (id = 1), generation INTEGER NOT NULL)"
+    )
+    db.execute("INSERT INTO device_generation (id, generation) VALUES (1, 0)")
+    bump = "BEGIN UPDATE device_generation SET generation = generation + 1; END"
+    db.execute(f"CREATE TRIGGER devices_inserted AFTER INSERT ON devices {bump}")
+    db.execute(f"CREATE TRIGGER devices_deleted AFTER DELETE ON devices {bump}")
+    db.execute(
+        "CREATE TRIGGER devices_updated AFTER UPDATE OF"
+        " token, instance_id, ingest_key_hash, profile, display_field, mqtt_topic"
+        f" ON devices {bump}"
+    )
+
+
 def migrate(conn: sqlite3.Connection) -> None:
     """Apply every pending migration to the database behind conn."""
     migrations.apply(sqlite_utils.Database(conn))
