@@ -191,6 +191,99 @@ class Position:
         )
 
 
+# The fields of Position, each set by its slot's own descriptor: `plain_position` builds
+# a Position in about half the time of the dataclass __init__ (frozen, so every field goes
+# through object.__setattr__), with the same values.
+_SETTERS = tuple(getattr(Position, name).__set__ for name in Position.__slots__)
+_PLAIN_RANGES = (
+    ("speed", 0.0, 1e4),
+    ("accuracy", 0.0, 1e7),
+    ("altitude", -1e5, 1e6),
+    ("battery", 0.0, 100.0),
+)
+
+
+def plain_position(item: dict[str, Any], now: float) -> Position | None:
+    """`Position.build(**item, now=now)` for the common case, or None to take that path.
+
+    The common case is a JSON object of plain numbers in range (the timestamp a
+    number or absent) and a printable ASCII `track_token`, if any. For such an
+    item the result equals what `build` returns, several times faster; anything
+    else (an ISO time, a bool, NaN, a value out of range, another string) answers
+    None and `build` decides, with its own error. Keys are not checked here.
+    """
+    try:
+        return _plain_position(item, now)
+    except OverflowError:  # an integer too large for a float: `build` says which field
+        return None
+
+
+def _plain_position(item: dict[str, Any], now: float) -> Position | None:
+    get = item.get
+    latitude = get("latitude")
+    longitude = get("longitude")
+    timestamp = get("timestamp")
+    kind = type(latitude)
+    if kind is not float and kind is not int:
+        return None
+    kind = type(longitude)
+    if kind is not float and kind is not int:
+        return None
+    if timestamp is None:
+        timestamp = now
+    else:
+        kind = type(timestamp)
+        if kind is not float and kind is not int:
+            return None
+        timestamp = float(timestamp)
+        if timestamp >= MILLISECONDS_THRESHOLD:
+            timestamp /= 1000.0
+    latitude, longitude = float(latitude), float(longitude)
+    # NaN fails every comparison, and infinities the bounds, as in `build`.
+    if not (
+        -90.0 <= latitude <= 90.0
+        and -180.0 <= longitude <= 180.0
+        and EARLIEST_TIMESTAMP <= timestamp <= now + MAX_FUTURE_SECONDS
+    ):
+        return None
+    values = [latitude, longitude, timestamp, None, None, None, None, None, None, True, {}]
+    for slot, (name, low, high) in zip((3, 5, 6, 7), _PLAIN_RANGES, strict=True):
+        value = get(name)
+        if value is not None:
+            kind = type(value)
+            if kind is not float and kind is not int:
+                return None
+            value = float(value)
+            if not low <= value <= high:
+                return None
+            values[slot] = value
+    heading = get("heading")
+    if heading is not None:
+        kind = type(heading)
+        if kind is not float and kind is not int:
+            return None
+        heading = float(heading)
+        if heading == 360.0:
+            heading = 0.0
+        elif not 0.0 <= heading < 360.0:
+            return None
+        values[4] = heading
+    track_token = get("track_token")
+    if track_token is not None:
+        if (
+            type(track_token) is not str
+            or len(track_token) > MAX_TRACK_TOKEN_LENGTH
+            or not track_token.isascii()
+            or not track_token.isprintable()
+        ):
+            return None
+        values[8] = track_token or None
+    position = object.__new__(Position)
+    for set_field, value in zip(_SETTERS, values, strict=True):
+        set_field(position, value)
+    return position
+
+
 def clean_attributes(attributes: dict[str, Any]) -> dict[str, Any]:
     """Extra attributes a device sent (alarm, charge, ...): bounded, scalar, clean."""
     if len(attributes) > MAX_ATTRIBUTES:
