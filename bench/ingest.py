@@ -3,6 +3,7 @@
     python bench/ingest.py                 # full run: 10 s phases, 50 connections
     python bench/ingest.py --quick         # smoke run: short phases, fewer connections
     python bench/ingest.py --client python --seconds 20 --concurrency 100
+    python bench/ingest.py --phases sqlite,batch --rounds 2   # only the batched row
 
 Phases, each bounded in time (--seconds) after a short warm-up:
 
@@ -80,6 +81,7 @@ SQLITE_ROWS_PER_TRANSACTION = 100
 RAW_ASGI_PATH = "/raw"
 RAW_ASGI_RESPONSE = b'{"accepted":1,"duplicates":0}'
 THIS_FILE = Path(__file__).resolve()
+PHASES = ("sqlite", "raw-asgi", "single", "open", "batch")
 
 
 # -- CPU readings (the rest is in fanout.py) ----------------------------------
@@ -687,7 +689,10 @@ class Bench:
             server_cpu = (process_cpu_seconds(process.pid) - cpu_before) / result.elapsed
             client_cpu = result.cpu_seconds / result.elapsed
             other = self.other_load(busy_before, result.elapsed, server_cpu + client_cpu)
-            self.open_rows.append(self.open_loop_phase("ref: raw ASGI", port, devices, 0.0, True))
+            if "open" in self.args.phases:
+                self.open_rows.append(
+                    self.open_loop_phase("ref: raw ASGI", port, devices, 0.0, True)
+                )
         finally:
             self.children.stop(process)
         return Row(
@@ -777,27 +782,37 @@ class Bench:
         tracker = Tracker(self.workdir, self.children, self.server_cpus)
         step(f"creating an instance and {args.concurrency} devices with the CLI")
         devices = tracker.make_devices(args.concurrency)
+        phases = args.phases
         rounds: list[list[Row]] = []
         for round_ in range(1, args.rounds + 1):
             self.open_rows = []
             label = f"round {round_}/{args.rounds}: " if args.rounds > 1 else ""
-            step(f"{label}reference: SQLite executemany")
-            sqlite_row = self.sqlite_reference(round_)
-            step(f"{label}reference: raw ASGI app on Hypercorn's trio worker")
-            raw_row = self.raw_asgi_reference(devices)
-            step(f"{label}starting `python -m tracker serve`")
-            tracker.start()
-            try:
-                step(f"{label}tracker: single-position requests")
-                single_row = self.ingest_phase(tracker, devices, 1)
-                step(f"{label}tracker: open loop, {args.open_rate:g} single-position POSTs/s")
-                self.open_rows.append(self.tracker_open_loop(tracker, devices))
-                step(f"{label}tracker: batches of {BATCH_SIZE}")
-                batch_row = self.ingest_phase(tracker, devices, BATCH_SIZE)
-            finally:
-                tracker.stop()
-            rounds.append([raw_row, sqlite_row, single_row, batch_row, *self.open_rows])
-        reordered = tracker.out_of_order_inserts()
+            rows: list[Row] = []
+            if "sqlite" in phases:
+                step(f"{label}reference: SQLite executemany")
+                rows.append(self.sqlite_reference(round_))
+            if "raw-asgi" in phases:
+                step(f"{label}reference: raw ASGI app on Hypercorn's trio worker")
+                rows.append(self.raw_asgi_reference(devices))
+            if {"single", "open", "batch"} & set(phases):
+                step(f"{label}starting `python -m tracker serve`")
+                tracker.start()
+                try:
+                    if "single" in phases:
+                        step(f"{label}tracker: single-position requests")
+                        rows.append(self.ingest_phase(tracker, devices, 1))
+                    if "open" in phases:
+                        step(
+                            f"{label}tracker: open loop, {args.open_rate:g} single-position POSTs/s"
+                        )
+                        self.open_rows.append(self.tracker_open_loop(tracker, devices))
+                    if "batch" in phases:
+                        step(f"{label}tracker: batches of {BATCH_SIZE}")
+                        rows.append(self.ingest_phase(tracker, devices, BATCH_SIZE))
+                finally:
+                    tracker.stop()
+            rounds.append(rows + self.open_rows)
+        reordered = tracker.out_of_order_inserts() if tracker.db_path.exists() else 0
         if reordered:
             self.notes.append(f"{reordered} fixes were stored after a later fix of their device")
 
@@ -814,11 +829,24 @@ class Bench:
                     for row in phase
                 )
                 self.notes.append(f"{phase[0].phase}: rounds gave {rates}; the best is shown")
-        raw_row, sqlite_row, single_row, batch_row, raw_open, tracker_open = best
-        if raw_open.p99_ms and tracker_open.p99_ms:
+        by_phase = {row.phase: row for row in best}
+        raw_row = by_phase.get("ref: raw ASGI POST")
+        sqlite_row = by_phase.get("ref: sqlite executemany")
+        single_row = by_phase.get("tracker: single position")
+        batch_row = by_phase.get(f"tracker: batch of {BATCH_SIZE}")
+        open_rows = [row for row in best if row.concurrency == "open"]
+        raw_open = next((row for row in open_rows if row.phase.startswith("ref:")), None)
+        tracker_open = next((row for row in open_rows if row.phase.startswith("tracker:")), None)
+        if raw_row and single_row:
+            single_row.ratio = (
+                f"{single_row.positions_per_s / raw_row.requests_per_s:.2f}x raw ASGI"
+            )
+        if sqlite_row and batch_row:
+            batch_row.ratio = (
+                f"{batch_row.positions_per_s / sqlite_row.positions_per_s:.2f}x SQLite"
+            )
+        if raw_open and tracker_open and raw_open.p99_ms and tracker_open.p99_ms:
             tracker_open.ratio = f"p99 {tracker_open.p99_ms / raw_open.p99_ms:.2f}x raw ASGI"
-        single_row.ratio = f"{single_row.positions_per_s / raw_row.requests_per_s:.2f}x raw ASGI"
-        batch_row.ratio = f"{batch_row.positions_per_s / sqlite_row.positions_per_s:.2f}x SQLite"
         for row in best:
             name = row.phase.split(": ", 1)[1]
             self.notes += [f"{name}: {note}" for note in row.notes]
@@ -906,6 +934,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="requests/s of the open-loop latency phases (default 300)",
     )
     parser.add_argument("--keep", action="store_true", help="keep the temp directory")
+    parser.add_argument(
+        "--phases",
+        default=",".join(PHASES),
+        help=f"comma-separated phases to run, of {', '.join(PHASES)} (default: all)",
+    )
     # Internal: the reference servers run as children of this same file.
     parser.add_argument(
         "--role", choices=["bench", "raw-asgi", "sqlite"], default="bench", help=argparse.SUPPRESS
@@ -922,6 +955,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("wrk is not installed (apt-get install -y wrk), or use --client python")
     if args.client_processes is None:
         args.client_processes = max(1, len(os.sched_getaffinity(0)) - 1)
+    args.phases = [name.strip() for name in args.phases.split(",") if name.strip()]
+    unknown = [name for name in args.phases if name not in PHASES]
+    if unknown or not args.phases:
+        parser.error(f"--phases takes some of {', '.join(PHASES)}; got {args.phases}")
     if args.concurrency < 1 or args.seconds <= 0 or args.rounds < 1 or args.open_rate <= 0:
         parser.error("--concurrency, --seconds and --rounds must be positive")
     return args
@@ -953,7 +990,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"tree: {revision()}")
     print(
         f"parameters: --seconds {args.seconds:g} --concurrency {args.concurrency} --warmup"
-        f" {args.warmup:g} --rounds {args.rounds}, client {bench.client_label}, batch"
+        f" {args.warmup:g} --rounds {args.rounds} --phases {','.join(args.phases)}, client {bench.client_label}, batch"
         f" {BATCH_SIZE}, one device per connection ({args.concurrency} devices),"
         " auth X-Ingest-Key"
     )

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from math import asin, cos, radians, sin, sqrt  # bare names: haversine_m runs once per fix
 
 EARTH_MEAN_RADIUS_M = 6_371_008.8
 """IUGG mean Earth radius (R1), in metres."""
@@ -42,12 +43,12 @@ _SECONDS_PER_HOUR = 3600
 
 def haversine_m(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
     """Great-circle distance in metres between two points given in degrees."""
-    phi1, phi2 = math.radians(lat1), math.radians(lat2)
+    phi1, phi2 = radians(lat1), radians(lat2)
     half_dphi = (phi2 - phi1) / 2
-    half_dlambda = math.radians(lon2 - lon1) / 2
-    h = math.sin(half_dphi) ** 2 + math.cos(phi1) * math.cos(phi2) * math.sin(half_dlambda) ** 2
+    half_dlambda = radians(lon2 - lon1) / 2
+    h = sin(half_dphi) ** 2 + cos(phi1) * cos(phi2) * sin(half_dlambda) ** 2
     # Rounding can push h a hair above 1 for antipodal points; asin would then fail.
-    return 2 * EARTH_MEAN_RADIUS_M * math.asin(math.sqrt(min(h, 1.0)))
+    return 2 * EARTH_MEAN_RADIUS_M * asin(sqrt(1.0 if h > 1.0 else h))
 
 
 def initial_bearing_deg(lat1: float, lon1: float, lat2: float, lon2: float) -> float:

@@ -68,19 +68,19 @@ class Trip:
 
     def add(self, position: Position) -> None:
         """Count a fix newer than the trip's end: it becomes the end."""
+        latitude, longitude = position.latitude, position.longitude
         leg, moves = advance_distance(
-            self.anchor_lat,
-            self.anchor_lon,
-            position.latitude,
-            position.longitude,
-            position.accuracy,
+            self.anchor_lat, self.anchor_lon, latitude, longitude, position.accuracy
         )
         self.distance_m += leg
         if moves:
-            self.anchor_lat, self.anchor_lon = position.latitude, position.longitude
+            self.anchor_lat, self.anchor_lon = latitude, longitude
         self.ended_at = position.timestamp
-        self.end_lat, self.end_lon = position.latitude, position.longitude
-        self._count(position)
+        self.end_lat, self.end_lon = latitude, longitude
+        self.waypoint_count += 1
+        speed = position.speed
+        if speed is not None:
+            self.max_speed = max(self.max_speed or 0.0, speed)
 
     def insert(
         self, position: Position, previous: Position | None, following: Position | None
@@ -170,14 +170,14 @@ def choose_trip(trips: Iterable[Trip], position: Position, gap_seconds: float) -
     """The trip a fix without a client trip id joins: the nearest one within the gap, if any."""
     best: Trip | None = None
     best_distance = float("inf")
-    for trip in trips:
-        if not trip.covers(position.timestamp, gap_seconds):
+    timestamp = position.timestamp
+    for trip in trips:  # `covers`, written out: this runs once per fix and trip
+        started_at, ended_at = trip.started_at, trip.ended_at
+        if not started_at - gap_seconds <= timestamp <= ended_at + gap_seconds:
             continue
-        if trip.started_at <= position.timestamp <= trip.ended_at:
+        if started_at <= timestamp <= ended_at:
             return trip
-        distance = min(
-            abs(position.timestamp - trip.started_at), abs(position.timestamp - trip.ended_at)
-        )
+        distance = min(abs(timestamp - started_at), abs(timestamp - ended_at))
         if distance < best_distance:
             best, best_distance = trip, distance
     return best

@@ -29,6 +29,7 @@ outbox row.
 from __future__ import annotations
 
 import logging
+import math
 import sqlite3
 import time
 from bisect import bisect_left, insort
@@ -94,6 +95,7 @@ class Writer:
         self.arrival_radius_m = arrival_radius_m
         self.offline_after_seconds = offline_after_seconds
         self.geofences = GeofenceIndex()  # used and changed only in the writer thread
+        self.memory = DeviceMemory()  # likewise
         self._send, self._receive = trio.open_memory_channel[_Request](QUEUE_REQUESTS)
 
     async def submit(self, device_token: str, positions: list[Position]) -> IngestResult:
@@ -133,8 +135,10 @@ class Writer:
                 time.time(),
                 self.offline_after_seconds,
                 self.geofences,
+                self.memory,
             )
         except Exception as error:  # answered as a 5xx by the caller; nothing was stored
+            self.memory.forget()
             if not isinstance(error, StorageUnavailable):  # that one the store has logged
                 log.exception("commit of %d ingest requests failed", len(batch))
             self.metrics.commit_failed()
@@ -142,6 +146,7 @@ class Writer:
                 request.error = error
                 request.done.set()
             return
+        self.memory.committed()
         self.metrics.committed(
             sum(len(r.positions) for r in batch),
             sum(r.accepted for r in results if isinstance(r, IngestResult)),
@@ -158,12 +163,59 @@ class Writer:
         events.announce(self.hub, emitted)
 
 
+class DeviceMemory:
+    """What the writer knows of each device between its commits (writer thread only).
+
+    Per device: its row, the time of its live fix and of its newest stored fix
+    (no fix of a request newer than that can be a duplicate, so the duplicates
+    query is skipped). It saves a commit three statements per device and one
+    per request, and it holds only while nothing but this writer has written:
+    `PRAGMA data_version` on the writer's connection moves when another
+    connection commits (the command line, another process) and not for its own
+    commits, and the connection's `total_changes` moves when any other write of
+    this process ran on it (all of the server's writes share the one writer
+    connection). Both are read at the end of each commit and compared at the
+    start of the next; any difference, or a commit that failed, forgets all.
+    """
+
+    def __init__(self) -> None:
+        self.devices: dict[str, devices.Device] = {}
+        self.latest: dict[str, float | None] = {}
+        self.newest_stored: dict[str, float] = {}  # -inf: the device has no fix stored
+        self._seal: tuple[int, int] | None = None  # (data_version, total_changes), confirmed
+        self._pending: tuple[int, int] | None = None  # read at the end of the last commit
+
+    def recall(self, conn: sqlite3.Connection) -> None:
+        """At the start of a commit: forget everything if anyone else wrote since the last."""
+        seal, self._seal = self._seal, None  # unconfirmed until this commit is
+        if seal is None or seal != _seal_of(conn):
+            self.devices.clear()
+            self.latest.clear()
+            self.newest_stored.clear()
+
+    def seal(self, conn: sqlite3.Connection) -> None:
+        """At the end of a commit's work (the same values hold after its COMMIT)."""
+        self._pending = _seal_of(conn)
+
+    def committed(self) -> None:
+        """The commit that sealed is on disk: what it learnt holds."""
+        self._seal, self._pending = self._pending, None
+
+    def forget(self) -> None:
+        self._seal = self._pending = None
+
+
+def _seal_of(conn: sqlite3.Connection) -> tuple[int, int]:
+    return conn.execute("PRAGMA data_version").fetchone()[0], conn.total_changes
+
+
 class _BatchState:
     """What one transaction learns about each device and trip as it goes."""
 
-    def __init__(self, conn: sqlite3.Connection, gap: float):
+    def __init__(self, conn: sqlite3.Connection, gap: float, memory: DeviceMemory | None = None):
         self.conn = conn
         self.gap = gap
+        self.memory = memory if memory is not None else DeviceMemory()
         self.devices: dict[str, devices.Device | None] = {}
         self.latest: dict[str, float | None] = {}
         self.previous: dict[str, float | None] = {}  # the live fix's time before this batch
@@ -172,43 +224,81 @@ class _BatchState:
         self.newest: dict[str, tuple[Position, str]] = {}
         self.seen: dict[str, set[float]] = {}
         self.trips: dict[tuple[str, str], Trip] = {}
+        self.device_trips: dict[str, dict[str, Trip]] = {}  # the same trips, by device
         self.touched: set[tuple[str, str]] = set()
         self.joined: dict[tuple[str, str], list[Position]] = {}  # per trip, not stored yet
 
     def device(self, token: str) -> devices.Device | None:
         if token not in self.devices:
-            self.devices[token] = devices.get(self.conn, token)
-            self.latest[token] = positions_store.latest_timestamp(self.conn, token)
+            memory = self.memory
+            device = memory.devices.get(token)
+            if device is None:
+                device = devices.get(self.conn, token)
+                if device is not None:
+                    memory.devices[token] = device
+                    memory.latest[token] = positions_store.latest_timestamp(self.conn, token)
+                    newest = positions_store.newest_of_device(self.conn, token)
+                    memory.newest_stored[token] = -math.inf if newest is None else newest
+            self.devices[token] = device
+            self.latest[token] = memory.latest.get(token)
             self.previous[token] = self.latest[token]
             self.seen[token] = set()
         return self.devices[token]
 
+    def stored_at(self, token: str, stamps: set[float], low: float) -> set[float]:
+        """Which of `stamps` the device had stored before this commit."""
+        if low > self.memory.newest_stored[token]:
+            return set()  # all newer than its newest fix: the common case, no query
+        return positions_store.existing_timestamps(self.conn, token, stamps)
+
+    def remember(self) -> None:
+        """What this commit leaves for the next (kept once the commit is on disk)."""
+        memory = self.memory
+        for token, seen in self.seen.items():
+            if seen:
+                memory.newest_stored[token] = max(memory.newest_stored[token], max(seen))
+            memory.latest[token] = self.latest[token]
+        memory.seal(self.conn)
+
     def load_trips_near(self, token: str, low: float, high: float) -> None:
         for trip in trips_store.near(self.conn, token, low - self.gap, high + self.gap):
-            self.trips.setdefault((token, trip.track_token), trip)
+            if (token, trip.track_token) not in self.trips:
+                self._remember(trip)
+
+    def _remember(self, trip: Trip) -> None:
+        self.trips[(trip.device_token, trip.track_token)] = trip
+        self.device_trips.setdefault(trip.device_token, {})[trip.track_token] = trip
 
     def trip_for(self, token: str, position: Position) -> Trip:
         trip = self._join(token, position)
         key = (token, trip.track_token)
         self.touched.add(key)
-        insort(self.joined.setdefault(key, []), position, key=_timestamp)
+        joined = self.joined.get(key)
+        if joined is None:
+            self.joined[key] = [position]
+        elif position.timestamp > joined[-1].timestamp:
+            joined.append(position)  # in time order: the common case
+        else:
+            insort(joined, position, key=_timestamp)
         return trip
 
     def _join(self, token: str, position: Position) -> Trip:
         if position.track_token:
             key = (token, position.track_token)
-            trip = self.trips.get(key) or trips_store.get(self.conn, token, position.track_token)
+            trip = self.trips.get(key)
             if trip is None:
-                trip = self.trips[key] = Trip.start(token, position, position.track_token)
-                self.started.add(key)
-                return trip
-            self.trips[key] = trip
+                trip = trips_store.get(self.conn, token, position.track_token)
+                if trip is None:
+                    trip = Trip.start(token, position, position.track_token)
+                    self.started.add(key)
+                    self._remember(trip)
+                    return trip
+                self._remember(trip)
         else:
-            candidates = (t for (owner, _), t in self.trips.items() if owner == token)
-            trip = choose_trip(candidates, position, self.gap)
+            trip = choose_trip(self.device_trips.get(token, {}).values(), position, self.gap)
             if trip is None:
                 trip = Trip.start(token, position)
-                self.trips[(token, trip.track_token)] = trip
+                self._remember(trip)
                 self.started.add((token, trip.track_token))
                 return trip
         if position.timestamp > trip.ended_at:
@@ -243,39 +333,49 @@ def commit_batch(
     received_at: float,
     offline_after_seconds: float = 600,
     geofences: GeofenceIndex | None = None,
+    memory: DeviceMemory | None = None,
 ) -> tuple[list[IngestResult | Exception], list[LiveFix], list[events.Event]]:
     """Store each request's positions in one transaction (runs in the writer thread).
 
     Returns each request's result, the fixes that became live, and the events
-    this commit emitted.
+    this commit emitted. `memory` carries what the writer knew of each device
+    from its previous commit (see DeviceMemory); without it, everything is read.
     """
-    state = _BatchState(conn, gap)
+    if memory is not None:
+        memory.recall(conn)
+    state = _BatchState(conn, gap, memory)
     results: list[IngestResult | Exception] = []
     rows: list[tuple[str, str, Position]] = []
+    trip_for = state.trip_for
     for token, positions in requests:
         if state.device(token) is None:
             results.append(DeviceGone(token))
             continue
-        ordered = sorted(positions, key=lambda p: p.timestamp)
+        ordered = sorted(positions, key=_timestamp)
         low, high = ordered[0].timestamp, ordered[-1].timestamp
-        stamps = {p.timestamp for p in ordered}
-        known = state.seen[token] | positions_store.existing_timestamps(conn, token, stamps)
+        seen = state.seen[token]
+        known = seen | state.stored_at(token, {p.timestamp for p in ordered}, low)
         state.load_trips_near(token, low, high)
         result = IngestResult()
+        latest = state.latest[token]
+        advancing = None
         for position in ordered:
-            if position.timestamp in known:
+            timestamp = position.timestamp
+            if timestamp in known:
                 result.duplicates += 1
                 continue
-            known.add(position.timestamp)
-            state.seen[token].add(position.timestamp)
-            trip = state.trip_for(token, position)
+            known.add(timestamp)
+            seen.add(timestamp)
+            trip = trip_for(token, position)
             rows.append((token, trip.track_token, position))
             result.accepted += 1
-            latest = state.latest[token]
-            if position.valid and (latest is None or position.timestamp > latest):
-                state.latest[token] = position.timestamp
+            if position.valid and (latest is None or timestamp > latest):
+                latest = timestamp
                 state.newest[token] = (position, trip.track_token)
-                state.advancing.setdefault(token, []).append(position)
+                if advancing is None:
+                    advancing = state.advancing.setdefault(token, [])
+                advancing.append(position)
+        state.latest[token] = latest
         results.append(result)
 
     positions_store.insert_many(conn, rows, received_at)
@@ -315,6 +415,7 @@ def commit_batch(
             )
         )
     emitted.extend(_complete_arrivals(conn, state.newest, arrival_radius_m, received_at))
+    state.remember()
     return results, live, emitted
 
 

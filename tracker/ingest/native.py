@@ -19,7 +19,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from tracker.models import InvalidField, Position
+from tracker.models import InvalidField, Position, plain_position
 
 MAX_BATCH_POSITIONS = 10_000
 
@@ -86,7 +86,17 @@ def parse_native(body: object, now: float | None = None) -> list[Position]:
         raise IngestError(None, "positions", "is empty")
     if len(items) > MAX_BATCH_POSITIONS:
         raise IngestError(None, "positions", f"more than {MAX_BATCH_POSITIONS} in one batch")
-    return [_native_position(item, index, now) for index, item in enumerate(items)]
+    positions = []
+    for index, item in enumerate(items):
+        # The common case first: a well-formed fix of plain numbers. Anything else takes
+        # the full path, which gives the same Position or the error naming the field.
+        position = (
+            plain_position(item, now)
+            if type(item) is dict and item.keys() <= NATIVE_FIELDS
+            else None
+        )
+        positions.append(position or _native_position(item, index, now))
+    return positions
 
 
 def _native_position(item: object, index: int | None, now: float) -> Position:

@@ -107,6 +107,13 @@ def latest_timestamp(conn: sqlite3.Connection, device_token: str) -> float | Non
     return row[0] if row else None
 
 
+def newest_of_device(conn: sqlite3.Connection, device_token: str) -> float | None:
+    """When the device's newest stored fix was taken, valid or not (one index seek)."""
+    return conn.execute(
+        "SELECT max(ts) FROM positions WHERE device_token = ?", (device_token,)
+    ).fetchone()[0]
+
+
 def set_latest(conn: sqlite3.Connection, device_token: str, timestamp: float) -> None:
     conn.execute(
         "UPDATE devices SET last_position_id ="
