@@ -572,11 +572,21 @@ def serve_raw_app(app, port: int) -> None:
 
 
 class RawBroadcaster:
-    def __init__(self, workdir: Path, children: Children, cpus: set[int] | None):
+    """A reference broadcaster in its own process: role "raw-broadcaster" (raw ASGI on
+    Hypercorn) or "trio-broadcaster" (hand-written, trio sockets only)."""
+
+    def __init__(
+        self,
+        workdir: Path,
+        children: Children,
+        cpus: set[int] | None,
+        role: str = "raw-broadcaster",
+    ):
         self.children = children
         self.cpus = cpus
+        self.role = role
         self.port = free_port()
-        self.log = workdir / "raw-broadcaster.log"
+        self.log = workdir / f"{role}.log"
         self.process: subprocess.Popen | None = None
 
     @property
@@ -591,7 +601,7 @@ class RawBroadcaster:
                     sys.executable,
                     str(THIS_FILE),
                     "--role",
-                    "raw-broadcaster",
+                    self.role,
                     "--port",
                     str(self.port),
                 ],
@@ -605,6 +615,132 @@ class RawBroadcaster:
     def stop(self) -> None:
         if self.process is not None:
             self.children.stop(self.process)
+
+
+# -- the hand-written trio broadcaster (the runtime's own limit) -------------------------
+
+WEBSOCKET_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+
+
+def server_text_frame(payload: bytes) -> bytes:
+    """One unmasked, unfragmented text frame (RFC 6455 5.2): what a server sends."""
+    n = len(payload)
+    if n < 126:
+        return bytes((0x81, n)) + payload
+    if n < 65536:
+        return b"\x81\x7e" + n.to_bytes(2, "big") + payload
+    return b"\x81\x7f" + n.to_bytes(8, "big") + payload
+
+
+class _TrioSubscriber:
+    __slots__ = ("pending", "ready")
+
+    def __init__(self, event) -> None:
+        self.pending: dict[bytes, bytes] = {}
+        self.ready = event
+
+
+def serve_trio_broadcaster(port: int) -> None:
+    """The reference with no Hypercorn and no ASGI: trio sockets, a minimal HTTP/1.1 and
+    WebSocket handshake, until SIGTERM.
+
+    `POST /publish` frames its body once and puts the same bytes into every
+    subscriber's conflating mailbox (newest per X-Key, like tracker's hub); each
+    subscriber's sender task joins what is pending and writes it with one `send_all`.
+    `GET /ws` (any other path than /publish and /health that asks for an upgrade)
+    subscribes to everything; a receiver task per subscriber reads (and drops) the
+    client's frames and ends the connection at EOF. No auth, JSON, database or framework:
+    the least a trio program can do for the same fan-out.
+    """
+    import hashlib
+
+    import trio
+
+    raise_nofile_limit()
+    subscribers: set[_TrioSubscriber] = set()
+
+    async def read_head(stream, buffer: bytearray) -> tuple[bytes, dict[bytes, bytes]] | None:
+        while (end := buffer.find(b"\r\n\r\n")) < 0:
+            data = await stream.receive_some(65536)
+            if not data:
+                return None
+            buffer += data
+        lines = bytes(buffer[:end]).split(b"\r\n")
+        del buffer[: end + 4]
+        headers = {}
+        for line in lines[1:]:
+            name, _, value = line.partition(b":")
+            headers[name.strip().lower()] = value.strip()
+        return lines[0], headers
+
+    async def subscribe(stream, headers: dict[bytes, bytes]) -> None:
+        accept = base64.b64encode(
+            hashlib.sha1(headers.get(b"sec-websocket-key", b"") + WEBSOCKET_GUID).digest()
+        )
+        await stream.send_all(
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+            b"Connection: Upgrade\r\nSec-WebSocket-Accept: " + accept + b"\r\n\r\n"
+        )
+        subscriber = _TrioSubscriber(trio.Event())
+        subscribers.add(subscriber)
+        try:
+            async with trio.open_nursery() as nursery:
+
+                async def receiver() -> None:
+                    while await stream.receive_some(65536):
+                        pass
+                    nursery.cancel_scope.cancel()
+
+                async def sender() -> None:
+                    while True:
+                        await subscriber.ready.wait()
+                        subscriber.ready = trio.Event()
+                        frames = list(subscriber.pending.values())
+                        subscriber.pending.clear()
+                        await stream.send_all(frames[0] if len(frames) == 1 else b"".join(frames))
+
+                nursery.start_soon(receiver)
+                nursery.start_soon(sender)
+        finally:
+            subscribers.discard(subscriber)
+
+    async def serve_http(stream, buffer: bytearray, request_line: bytes, headers) -> None:
+        length = int(headers.get(b"content-length", b"0"))
+        while len(buffer) < length:
+            data = await stream.receive_some(65536)
+            if not data:
+                raise trio.BrokenResourceError
+            buffer += data
+        body = bytes(buffer[:length])
+        del buffer[:length]
+        if request_line.startswith(b"POST " + RAW_PUBLISH_PATH.encode()):
+            key = headers.get(b"x-key", b"")
+            frame = server_text_frame(body)  # once, for every subscriber
+            for subscriber in subscribers:
+                subscriber.pending[key] = frame
+                subscriber.ready.set()
+            await stream.send_all(b"HTTP/1.1 204 No Content\r\ncontent-length: 0\r\n\r\n")
+        else:
+            await stream.send_all(
+                b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}"
+            )
+
+    async def handle(stream) -> None:
+        buffer = bytearray()
+        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            async with stream:
+                while (head := await read_head(stream, buffer)) is not None:
+                    request_line, headers = head
+                    if headers.get(b"upgrade", b"").lower() == b"websocket":
+                        await subscribe(stream, headers)
+                        return
+                    await serve_http(stream, buffer, request_line, headers)
+
+    async def main() -> None:
+        listeners = await trio.open_tcp_listeners(port, host="127.0.0.1", backlog=4096)
+        await trio.serve_listeners(handle, listeners)
+
+    trio.run(main)
 
 
 # -- a light WebSocket client: non-blocking sockets and epoll -----------------------
@@ -1535,13 +1671,20 @@ class FanoutBench:
         )
 
     def raw_phase(
-        self, devices: list[Device], per_device: bool, batch: bool = False
+        self, devices: list[Device], per_device: bool, batch: bool = False, trio: bool = False
     ) -> PhaseResult:
         """The reference: every client gets every device (like /ws/realtime; batched like
         its `"batch": true` when batch), or --viewers-per-session clients per device get
-        that device's (like share viewers)."""
-        raw = RawBroadcaster(self.workdir, self.children, self.server_cpus)
-        step("reference: raw ASGI broadcaster on Hypercorn's trio worker")
+        that device's (like share viewers). trio: the hand-written trio broadcaster (every
+        client gets every device) instead of the raw ASGI app."""
+        if trio:
+            raw = RawBroadcaster(
+                self.workdir, self.children, self.server_cpus, role="trio-broadcaster"
+            )
+            step("reference: hand-written trio broadcaster (no Hypercorn, no ASGI)")
+        else:
+            raw = RawBroadcaster(self.workdir, self.children, self.server_cpus)
+            step("reference: raw ASGI broadcaster on Hypercorn's trio worker")
         raw.start()
         try:
             if per_device:
@@ -1555,8 +1698,9 @@ class FanoutBench:
                 path = f"{RAW_WS_PATH}?batch=1" if batch else RAW_WS_PATH
                 specs = [WsSpec(path) for _ in range(self.args.subscribers)]
                 fan = [len(specs)] * len(devices)
+            name = RAW_PER_DEVICE if per_device else RAW_ALL_BATCH if batch else RAW_ALL
             return self.phase(
-                RAW_PER_DEVICE if per_device else RAW_ALL_BATCH if batch else RAW_ALL,
+                TRIO_ALL if trio else name,
                 port=raw.port,
                 server_pid=raw.pid,
                 specs=specs,
@@ -1592,6 +1736,8 @@ class FanoutBench:
             rows.append(self.raw_phase(devices, per_device=False, batch=True))
         if "raw-topics" in args.phases:
             rows.append(self.raw_phase(devices, per_device=True))
+        if "trio" in args.phases:
+            rows.append(self.raw_phase(devices, per_device=False, trio=True))
         step("starting `python -m tracker serve`")
         server.start()
         try:
@@ -1778,14 +1924,23 @@ def machine_line(server_cpus, client_cpus) -> str:
 
 # -- command line ----------------------------------------------------------------------
 
-PHASES = ("raw", "raw-batch", "raw-topics", "realtime", "realtime-batch", "share")
+PHASES = ("raw", "raw-batch", "raw-topics", "trio", "realtime", "realtime-batch", "share")
+DEFAULT_PHASES = ("raw", "raw-batch", "raw-topics", "realtime", "realtime-batch", "share")
 RAW_ALL = "ref: raw, all to all"
+TRIO_ALL = "ref: trio broadcaster, all to all"
 RAW_ALL_BATCH = "ref: raw, all to all, batched"
 RAW_PER_DEVICE = "ref: raw, per device"
 REALTIME = "tracker: /ws/realtime"
 REALTIME_BATCH = 'tracker: /ws/realtime "batch"'
 SHARE = "tracker: share live"
-REFERENCE_OF = {REALTIME: RAW_ALL, REALTIME_BATCH: RAW_ALL_BATCH, SHARE: RAW_PER_DEVICE}
+REFERENCES_OF = {
+    REALTIME: (RAW_ALL, TRIO_ALL),
+    REALTIME_BATCH: (RAW_ALL_BATCH,),
+    SHARE: (RAW_PER_DEVICE,),
+}
+# issue #20's fan-out rows (--issue20): the p99 load, fixed; the sustained load is
+# --subscribers x --devices at --rate (the full run's 1,000 x 100 at 1 Hz by default).
+P99_SUBSCRIBERS, P99_DEVICES, P99_RATE = 100, 50, 1.0
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -1817,13 +1972,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--phases",
-        default=",".join(PHASES),
-        help=f"comma-separated subset of {','.join(PHASES)} (default: all)",
+        default=",".join(DEFAULT_PHASES),
+        help=f"comma-separated subset of {','.join(PHASES)} (default: all but trio)",
+    )
+    parser.add_argument(
+        "--issue20",
+        action="store_true",
+        help="issue #20's two fan-out rows: raw + realtime at 100 subscribers x 50 devices"
+        " x 1 Hz (p99), then trio + realtime at --subscribers x --devices x --rate"
+        " (deliveries/s); --phases is ignored",
     )
     parser.add_argument("--profile", metavar="DIR", help="py-spy the server in each window")
     parser.add_argument("--keep", action="store_true", help="keep the temp directory")
     parser.add_argument(
-        "--role", choices=["bench", "raw-broadcaster"], default="bench", help=argparse.SUPPRESS
+        "--role",
+        choices=["bench", "raw-broadcaster", "trio-broadcaster"],
+        default="bench",
+        help=argparse.SUPPRESS,
     )
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -1840,29 +2005,36 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    if args.role == "raw-broadcaster":
-        serve_raw_app(raw_broadcaster_app(), args.port)
-        return 0
+class Issue20Bench:
+    """Issue #20's two fan-out rows in one run (--issue20): the p99 beside the raw ASGI
+    broadcaster at 100 subscribers x 50 positions/s, and deliveries/s beside the
+    hand-written trio broadcaster at the sustained load (--subscribers x --devices)."""
 
-    signal.signal(signal.SIGTERM, _raise_on_sigterm)
-    nofile = raise_nofile_limit()
-    started = time.time()
+    def __init__(self, args: argparse.Namespace, workdir: Path, children: Children):
+        self.p99_args = argparse.Namespace(
+            **{
+                **vars(args),
+                "subscribers": P99_SUBSCRIBERS,
+                "devices": P99_DEVICES,
+                "rate": P99_RATE,
+                "phases": ["raw", "realtime"],
+            }
+        )
+        self.load_args = argparse.Namespace(**{**vars(args), "phases": ["trio", "realtime"]})
+        self.workdir = workdir
+        self.children = children
+        self.server_cpus, self.client_cpus = split_cpus()
 
-    outcome = run_bench(
-        "tracker-bench-fanout-",
-        args.keep,
-        lambda workdir, children: FanoutBench(args, workdir, children),
-    )
-    if outcome is None:
-        return 130
-    bench, rows = outcome
+    def run(self) -> tuple[list[PhaseResult], list[PhaseResult]]:
+        parts = []
+        for name, args in (("p99", self.p99_args), ("sustained", self.load_args)):
+            workdir = self.workdir / name
+            workdir.mkdir()
+            parts.append(FanoutBench(args, workdir, self.children).run())
+        return parts[0], parts[1]
 
-    print(f"tracker fan-out benchmark, {time.strftime('%Y-%m-%d %H:%M', time.localtime(started))}")
-    print(machine_line(bench.server_cpus, bench.client_cpus))
-    print(f"stack: {versions()}")
-    print(f"tree: {revision()}")
+
+def print_run(args: argparse.Namespace, rows: list[PhaseResult], nofile: int) -> None:
     print(
         f"parameters: --seconds {args.seconds:g} --warmup {args.warmup:g} --subscribers"
         f" {args.subscribers} --devices {args.devices} --rate {args.rate:g}"
@@ -1876,23 +2048,21 @@ def main(argv: list[str] | None = None) -> int:
     by_name = {r.name: r for r in rows}
     ratios = []
     for r in rows:
-        raw = by_name.get(REFERENCE_OF.get(r.name, ""))
-        if raw is None or not raw.delivered:
-            continue
-        p99 = f"{r.p99_ms / raw.p99_ms:.2f}x" if r.p99_ms is not None and raw.p99_ms else "-"
-        ratios.append(
-            f"ratio {r.name} / {raw.name}: deliveries/s"
-            f" {r.deliveries_per_s / raw.deliveries_per_s:.2f}x, p99 {p99}"
-        )
+        for reference in REFERENCES_OF.get(r.name, ()):
+            raw = by_name.get(reference)
+            if raw is None or not raw.delivered:
+                continue
+            p99 = f"{r.p99_ms / raw.p99_ms:.2f}x" if r.p99_ms is not None and raw.p99_ms else "-"
+            ratios.append(
+                f"ratio {r.name} / {raw.name}: deliveries/s"
+                f" {r.deliveries_per_s / raw.deliveries_per_s:.2f}x, p99 {p99}"
+            )
     if ratios:
         print("\n".join(ratios))
         print()
-    print("latency = receipt - send time of each position (same clock); delivered = received")
-    print("/ (sent x subscribers of the device); server and client CPU are shares of one core")
-    print("(100% = one core busy); client CPU counts every receiver and the sender.")
-    print(f"'{RAW_PER_DEVICE}': {args.viewers_per_session} clients per device, each getting only")
-    print("that device's positions (the share viewers' fan-out); 'all to all': every client")
-    print("gets every device (the /ws/realtime fan-out).")
+
+
+def print_notes(rows: list[PhaseResult]) -> None:
     for r in rows:
         print(
             f"note: {r.name}: server CPU {r.server_system * 100:.0f}% in the kernel;"
@@ -1901,6 +2071,105 @@ def main(argv: list[str] | None = None) -> int:
         )
         for note in r.notes:
             print(f"note: {r.name}: {note}")
+
+
+def issue20_rows(p99_rows: list[PhaseResult], load_rows: list[PhaseResult]) -> str:
+    """The two rows of issue #20's table, each against its reference of the same run."""
+    p99 = {r.name: r for r in p99_rows}
+    load = {r.name: r for r in load_rows}
+    body = []
+    tracker, raw = p99.get(REALTIME), p99.get(RAW_ALL)
+    if tracker and raw and tracker.p99_ms and raw.p99_ms:
+        body.append(
+            [
+                f"fan-out p99, {P99_SUBSCRIBERS} subscribers x"
+                f" {P99_DEVICES * P99_RATE:g} positions/s: tracker vs raw-ASGI broadcaster",
+                f"{tracker.p99_ms:.1f} ms",
+                f"{raw.p99_ms:.1f} ms",
+                f"{tracker.p99_ms / raw.p99_ms:.2f}x",
+                "<= 1.5x",
+            ]
+        )
+    tracker, trio_ref = load.get(REALTIME), load.get(TRIO_ALL)
+    if tracker and trio_ref and trio_ref.delivered:
+        body.append(
+            [
+                f"fan-out sustained deliveries/s ({tracker.subscribers:,} subscribers x"
+                f" {tracker.positions_per_s:,.0f} positions/s): tracker vs hand-written trio"
+                " broadcaster",
+                f"{tracker.deliveries_per_s:,.0f}"
+                f" ({percent(tracker.delivered / tracker.expected if tracker.expected else None)})",
+                f"{trio_ref.deliveries_per_s:,.0f}"
+                f" ({percent(trio_ref.delivered / trio_ref.expected if trio_ref.expected else None)})",
+                f"{tracker.deliveries_per_s / trio_ref.deliveries_per_s:.2f}x",
+                ">= 0.95x",
+            ]
+        )
+        body.append(
+            [
+                "  the same, server CPU per delivery (what the most deliveries/s of one core"
+                " follow from)",
+                f"{cpu_per_delivery_us(tracker):.1f} us",
+                f"{cpu_per_delivery_us(trio_ref):.1f} us",
+                f"{cpu_per_delivery_us(trio_ref) / cpu_per_delivery_us(tracker):.2f}x",
+                ">= 0.95x",
+            ]
+        )
+    return render_table(["row", "tracker", "reference", "ratio", "aim"], body)
+
+
+def cpu_per_delivery_us(row: PhaseResult) -> float:
+    """Server CPU time per position delivered (microseconds): less noisy than deliveries/s
+    on a shared machine, and 1 s / it is what one core could deliver."""
+    return row.server_cpu * row.seconds / max(row.delivered, 1) * 1e6
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.role == "raw-broadcaster":
+        serve_raw_app(raw_broadcaster_app(), args.port)
+        return 0
+    if args.role == "trio-broadcaster":
+        serve_trio_broadcaster(args.port)
+        return 0
+
+    signal.signal(signal.SIGTERM, _raise_on_sigterm)
+    nofile = raise_nofile_limit()
+    started = time.time()
+
+    bench_class = Issue20Bench if args.issue20 else FanoutBench
+    outcome = run_bench(
+        "tracker-bench-fanout-",
+        args.keep,
+        lambda workdir, children: bench_class(args, workdir, children),
+    )
+    if outcome is None:
+        return 130
+    bench, rows = outcome
+
+    print(f"tracker fan-out benchmark, {time.strftime('%Y-%m-%d %H:%M', time.localtime(started))}")
+    print(machine_line(bench.server_cpus, bench.client_cpus))
+    print(f"stack: {versions()}")
+    print(f"tree: {revision()}")
+    if args.issue20:
+        p99_rows, load_rows = rows
+        print_run(bench.p99_args, p99_rows, nofile)
+        print_run(bench.load_args, load_rows, nofile)
+        print("issue #20, fan-out (each against its reference measured in this run):")
+        print(issue20_rows(p99_rows, load_rows))
+        print()
+        rows = p99_rows + load_rows
+    else:
+        print_run(args, rows, nofile)
+    print("latency = receipt - send time of each position (same clock); delivered = received")
+    print("/ (sent x subscribers of the device); server and client CPU are shares of one core")
+    print("(100% = one core busy); client CPU counts every receiver and the sender.")
+    print(f"'{RAW_PER_DEVICE}': {args.viewers_per_session} clients per device, each getting only")
+    print("that device's positions (the share viewers' fan-out); 'all to all': every client")
+    print("gets every device (the /ws/realtime fan-out).")
+    print(f"'{TRIO_ALL}': no Hypercorn, no ASGI: trio sockets, each frame built once")
+    print("and written with send_all.")
+    print_notes(rows)
     return 0
 
 

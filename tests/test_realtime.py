@@ -246,26 +246,25 @@ async def test_batch_mode_sends_positions_messages(server, tracker, fleet):
         assert [(p["Lat"], p["Timestamp"]) for p in live["positions"]] == [(51.6, int(NOW - 1))]
 
 
-async def test_positions_within_one_fanout_interval_arrive_together(nursery, settings, fleet, app):
-    """The first position after a quiet spell goes out at once; what follows within
-    realtime.fanout_interval_seconds waits for one delivery (one frame when batched)."""
-    settings = settings.replace(realtime={"fanout_interval_seconds": 1.0})
+async def test_positions_go_out_at_once_while_the_server_keeps_up(nursery, settings, fleet, app):
+    """realtime.fanout_interval_seconds only bounds how long a position may wait under
+    load: on a quiet server each position is delivered on its own, as it is committed,
+    however long the interval (here its maximum, 5 s, beyond the 3 s a receive may take)."""
+    settings = settings.replace(realtime={"fanout_interval_seconds": 5.0})
     tracker = app.extensions["tracker"]
     tracker.settings = settings
     server = await start_server(nursery, app, settings)
     second = tracker.db.write_sync(devices.create, fleet.a.instance_id, "second")[0].token
     async with open_websocket_url(f"{server.ws}/ws/realtime") as ws:
         await authenticate(ws, fleet.a.read_token, fleet.a.instance_id, batch=True)
-        await trio.sleep(1.2)  # past the interval: the hub is quiet
-        started = trio.current_time()
-        await tracker.writer.submit(fleet.a.device_token, [fix(10.0, ts=NOW - 3)])
-        first = await receive(ws)
-        assert [p["Lat"] for p in first["positions"]] == [10.0]
-        assert trio.current_time() - started < 0.9  # not held back
-        await tracker.writer.submit(fleet.a.device_token, [fix(11.0, ts=NOW - 2)])
-        await tracker.writer.submit(second, [fix(12.0, ts=NOW - 2)])
-        together = await receive(ws)
-        assert sorted(p["Lat"] for p in together["positions"]) == [11.0, 12.0]
+        for token, lat, ts in [
+            (fleet.a.device_token, 10.0, NOW - 3),
+            (fleet.a.device_token, 11.0, NOW - 2),
+            (second, 12.0, NOW - 2),
+        ]:
+            await tracker.writer.submit(token, [fix(lat, ts=ts)])
+            delivery = await receive(ws, timeout=3)
+            assert [(p["DeviceToken"], p["Lat"]) for p in delivery["positions"]] == [(token, lat)]
 
 
 async def test_a_client_that_stops_reading_is_cut_off(nursery, settings, fleet, app):

@@ -198,6 +198,8 @@ class RealtimeSettings(_Section):
     auth_timeout_seconds: float = Field(5, gt=0)
     ping_interval_seconds: float = Field(25, gt=0)
     allowed_origins: list[str] = []
+    # Under load, the longest a live position waits to be grouped with others; at
+    # once while the loop keeps up (tracker/hub.py, Hub.run_pump). 0: never grouped.
     fanout_interval_seconds: float = Field(0.025, ge=0, le=5)
 
 

@@ -12,20 +12,35 @@ slow consumer.
 Messages are encoded once per format, not once per subscriber: a `LiveFix`
 caches its encodings by format key (`LiveFix.encoded`).
 
-Publishing is paced (`Hub.run_pump`, `realtime.fanout_interval_seconds`):
-what is published goes out at once when the hub has been quiet, and
-otherwise waits, in order, for the next delivery at most one interval after
-the last. Under load, each subscriber is then woken once per interval with
-everything new, instead of once per commit: the wake-ups (not the bytes)
-are what a thousand subscribers cost, and unpaced they take the whole loop
-and starve ingest. A subscriber whose reader is idle and whose mailbox has a
-`Flusher` (a WebSocket that can write without waiting) is not woken at all:
-after the delivery the pump has the flusher write what it got, and only
-what the socket does not take is left to the reader.
+Publishing is paced by what the loop can afford (`Hub.run_pump`): a
+delivery goes out at once while the event loop keeps up, and deliveries are
+grouped only under load. After each delivery the pump rests for
+`PACING_FACTOR` (2) times how busy that delivery found the loop: the time
+the delivery itself took (every mailbox filled, every direct write) plus how
+late the pump got to run after it was due (trio's scheduling lag: the time
+other tasks held the loop between the publish, or the end of the last rest,
+and the pump's turn). What is published during the rest waits, in order, and
+goes out together with the next delivery. A lone position, or a hundred
+subscribers, costs a fraction of a millisecond: the rest is negligible and
+each position goes out as it is committed. A thousand subscribers cost
+milliseconds per delivery, and a loop busy with ingest makes the pump late:
+the rest grows, deliveries then take at most about a third of the loop, and
+each subscriber is woken once per delivery with everything new instead of
+once per commit (the wake-ups and writes, not the bytes, are what a thousand
+subscribers cost, and unpaced they take the whole loop and starve ingest).
+The rest never exceeds the interval given to `run_pump`
+(`realtime.fanout_interval_seconds`): the longest a position waits for its
+delivery under load (0: every publish at once, never grouped).
+
+A subscriber whose reader is idle and whose mailbox has a `Flusher` (a
+WebSocket that can write without waiting) is not woken at all: after the
+delivery the pump has the flusher write what it got, and only what the
+socket does not take is left to the reader.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Hashable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -36,6 +51,10 @@ import trio
 from tracker.models import Position
 
 DEFAULT_MAILBOX_CAPACITY = 10_000
+# The pump rests this many times as long as its last delivery kept the loop busy (the
+# delivery's own time plus how late the pump ran): deliveries take at most about
+# 1 / (1 + PACING_FACTOR) of the loop under load, and nothing waits when it is idle.
+PACING_FACTOR = 2.0
 
 
 class SlowConsumer(Exception):
@@ -170,16 +189,22 @@ class Hub:
         self._topics: dict[str, set[Subscription]] = {}
         self._queue: list[tuple[str, Hashable, Any]] | None = None  # set while the pump runs
         self._queued = trio.Event()
+        self._queued_at = 0.0  # when the first item of the queue was published
 
     async def run_pump(
         self, interval: float, *, task_status: trio.TaskStatus = trio.TASK_STATUS_IGNORED
     ) -> None:
-        """Deliver what is published at most once per interval (see the module doc)."""
+        """Deliver what is published, resting after each delivery in proportion to how
+        busy it found the loop, at most interval (see the module doc)."""
         self._queue = []
         task_status.started()
+        rested_until = -math.inf
         try:
             while True:
                 await self._queued.wait()
+                started = trio.current_time()
+                # Due when the first publish came, or when the rest ended if later.
+                late = started - max(self._queued_at, rested_until)
                 self._queued = trio.Event()
                 queue, self._queue = self._queue, []
                 direct: dict[Mailbox, Flusher] = {}
@@ -189,7 +214,9 @@ class Hub:
                 for mailbox, flusher in direct.items():
                     flusher.flush(mailbox)
                 del direct
-                await trio.sleep(interval)
+                now = trio.current_time()
+                rested_until = now + min(interval, PACING_FACTOR * (now - started + late))
+                await trio.sleep_until(rested_until)
         finally:
             queue, self._queue = self._queue or [], None
             for topic, key, item in queue:
@@ -209,12 +236,14 @@ class Hub:
                     del self._topics[topic]
 
     def publish(self, topic: str, key: Hashable, item: Any) -> None:
-        """Deliver to every subscriber of the topic (filtered by its keys), paced by the pump."""
+        """Deliver to every subscriber of the topic (filtered by its keys), by the pump."""
         if self._queue is None:
             self._deliver(topic, key, item)
         else:
+            if not self._queue:
+                self._queued_at = trio.current_time()
+                self._queued.set()
             self._queue.append((topic, key, item))
-            self._queued.set()
 
     def _deliver(
         self, topic: str, key: Hashable, item: Any, direct: dict[Mailbox, Flusher] | None = None

@@ -309,7 +309,7 @@ class Connection:
             return
         if self.meter is not None:
             self.meter.sent += len(rendered)
-        data = b"".join(rendered)
+        data: bytes = rendered[0] if len(rendered) == 1 else b"".join(rendered)
         try:
             written = self._write_now(data)
         except Disconnected:
