@@ -31,7 +31,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import trio
@@ -80,10 +80,16 @@ class StreamFormat:
     time: TimeStyle
     batch: bool = False
     events: bool = False
+    # The keys of this format's encodings in each LiveFix's cache, made once per
+    # subscriber (not per frame), as strings: equal formats share the encodings, and a
+    # string computes its hash once where a tuple would hash its items on every look-up.
+    key: str = field(init=False, repr=False, compare=False)
+    frame_key: str = field(init=False, repr=False, compare=False)
 
-    @property
-    def key(self) -> tuple:
-        return ("realtime", self.units, self.time.timezone, self.time.date_format)
+    def __post_init__(self) -> None:
+        key = f"realtime {self.units} {self.time.timezone} {self.time.date_format}"
+        object.__setattr__(self, "key", key)
+        object.__setattr__(self, "frame_key", f"{key} frame")
 
     def payload(self, fix: LiveFix) -> bytes:
         """The position message's JSON, encoded once per format."""
@@ -91,7 +97,10 @@ class StreamFormat:
 
     def frame(self, fix: LiveFix) -> Frame:
         """The position message as a whole frame, built once per format."""
-        return fix.encoded((self.key, "frame"), lambda fix: Frame.text(self.payload(fix)))
+        frame = fix.cached(self.frame_key)
+        if frame is None:
+            frame = fix.cache(self.frame_key, Frame.text(self.payload(fix)))
+        return frame
 
     def frames(self, items: list[Any]) -> Iterator[Frame]:
         """What a take() found, as frames: control frames in place, fixes per the format."""
