@@ -21,7 +21,9 @@ Phases (--phases, comma-separated), each on a fresh `python -m tracker serve`:
                once (no cap on handshakes in flight): the time from the reconnect to the
                last `welcome` (authenticated and subscribed) must be within 5 s. The
                same storm on the raw broadcaster (handshake only) is shown beside it,
-               and the server's CPU per connection (--profile DIR: py-spy).
+               and the server's CPU per connection (--profile DIR: py-spy), with what
+               else could have set the time: the clients' CPU, other processes, and
+               the kernel's listen-queue overflows and SYN retransmits.
   idle         --idle (10,000) idle authenticated `/ws/realtime` connections, held --hold
                (30) s (one ping round): the server's RSS (VmRSS, /proc) must stay under
                1 GiB. Measured by bench/memory.py's `measure`.
