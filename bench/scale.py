@@ -21,7 +21,9 @@ Phases (--phases, comma-separated), each on a fresh `python -m tracker serve`:
                once (no cap on handshakes in flight): the time from the reconnect to the
                last `welcome` (authenticated and subscribed) must be within 5 s. The
                same storm on the raw broadcaster (handshake only) is shown beside it,
-               and the server's CPU per connection (--profile DIR: py-spy).
+               and the server's CPU per connection (--profile DIR: py-spy), with what
+               else could have set the time: the clients' CPU, other processes, and
+               the kernel's listen-queue overflows and SYN retransmits.
   idle         --idle (10,000) idle authenticated `/ws/realtime` connections, held --hold
                (30) s (one ping round): the server's RSS (VmRSS, /proc) must stay under
                1 GiB. Measured by bench/memory.py's `measure`.
@@ -74,6 +76,7 @@ from fanout import (  # noqa: E402
     _raise_on_sigterm,
     http_json,
     in_workdir,
+    machine_busy_seconds,
     machine_line,
     process_cpu_seconds,
     raise_nofile_limit,
@@ -440,12 +443,16 @@ class ScaleBench:
         control = self.new_control()
         profiler = self.profile(pid, name)
         with patched("MAX_INFLIGHT_HANDSHAKES", len(specs)):
+            tcp, busy = listen_counters(), machine_busy_seconds()
             started, cpu = time.time(), process_cpu_seconds(pid)
             processes, reopened, refailed, errors = self.open_all(
                 port, specs, "again", collector, control
             )
             seconds = time.time() - started
             cpu = process_cpu_seconds(pid) - cpu
+            busy = machine_busy_seconds() - busy
+            clients = sum(cpu_or_zero(process.pid) for process in processes)
+            tcp = {name: value - tcp.get(name, 0) for name, value in listen_counters().items()}
         notes += self.profiled(profiler, name)
         self.close_all(processes, collector, control)
         if refailed:
@@ -454,6 +461,15 @@ class ScaleBench:
             f"the server used {cpu:.2f} s of CPU for the reconnect ({cpu / len(specs) * 1000:.2f}"
             f" ms per connection; {cpu / seconds * 100:.0f}% of one core over the"
             f" {seconds:.2f} s): on an idle core it would take about that long"
+        )
+        # What else could have set the time: the clients, the rest of the machine, the kernel.
+        others = max(0.0, busy - cpu - clients)
+        notes.append(
+            f"during the reconnect: the client processes used {clients / seconds * 100:.0f}% of"
+            f" a core, other processes about {others / seconds * 100:.0f}%; the kernel's"
+            f" listen-queue overflows {tcp.get('ListenOverflows', 0)}, drops"
+            f" {tcp.get('ListenDrops', 0)}, SYN retransmits {tcp.get('TCPSynRetrans', 0)}"
+            " (whole machine)"
         )
         return seconds, reopened, notes
 
@@ -536,6 +552,26 @@ class ScaleBench:
 
     def run(self) -> list[Verdict]:
         return [getattr(self, phase)() for phase in self.args.phases]
+
+
+def listen_counters() -> dict[str, int]:
+    """The kernel's TcpExt counters of connections it could not queue (whole machine)."""
+    counters: dict[str, int] = {}
+    with contextlib.suppress(OSError):
+        lines = Path("/proc/net/netstat").read_text().splitlines()
+        for names, values in zip(lines[::2], lines[1::2], strict=False):
+            if names.startswith("TcpExt:"):
+                counters.update(zip(names.split()[1:], map(int, values.split()[1:]), strict=False))
+    wanted = ("ListenOverflows", "ListenDrops", "TCPSynRetrans")
+    return {name: counters[name] for name in wanted if name in counters}
+
+
+def cpu_or_zero(pid: int | None) -> float:
+    """A process's CPU seconds so far, 0 when it is gone."""
+    try:
+        return process_cpu_seconds(pid) if pid else 0.0
+    except OSError:
+        return 0.0
 
 
 # -- output ------------------------------------------------------------------------------

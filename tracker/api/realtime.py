@@ -30,6 +30,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
+import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -44,7 +46,9 @@ from tracker.events import Event, envelope
 from tracker.geo import metres_to_feet, mps_to_mph
 from tracker.hub import LiveFix, events_topic, instance_topic
 from tracker.profiles import display_value
+from tracker.store import Database
 from tracker.store import positions as positions_store
+from tracker.store.hotreads import HotReads
 from tracker.timefmt import TimeFormatError, TimeStyle
 from tracker.websocket import (
     BAD_TOKEN,
@@ -62,6 +66,8 @@ from tracker.websocket import (
 log = logging.getLogger("tracker.realtime")
 
 MAX_SUBSCRIBED_DEVICES = 10_000
+SNAPSHOT_ON_LOOP_MAX_ROWS = 200  # larger snapshots are read in a worker thread (~5 us a row)
+SNAPSHOT_MAX_INSTANCES = 10_000  # snapshots kept at once (all of the current data_version)
 UNITS = ("metric", "imperial")
 
 
@@ -323,9 +329,101 @@ def _device_filter(value: Any) -> frozenset[str] | None | bool:
 
 
 async def _queue_snapshot(tracker: Tracker, connection: Connection, instance_id: str) -> None:
-    rows = await tracker.db.read(positions_store.latest_for_instance, instance_id)
-    for row in rows:
-        pending = connection.mailbox.peek(row.device_token)
-        if isinstance(pending, LiveFix) and pending.position.timestamp >= row.position.timestamp:
+    """Queue the instance's snapshot behind what the (already subscribed) mailbox holds."""
+    for fix in await _snapshots(tracker.db).fixes(instance_id):
+        pending = connection.mailbox.peek(fix.device_token)
+        if isinstance(pending, LiveFix) and pending.position.timestamp >= fix.position.timestamp:
             continue
-        connection.mailbox.put(row.device_token, _snapshot_fix(row))
+        connection.mailbox.put(fix.device_token, fix)
+
+
+class Snapshots:
+    """The snapshot on connect, read once and shared by the connections that arrive together.
+
+    A reconnect storm (a restart, a network blip) brings thousands of clients
+    of one instance within seconds; reading the same rows for each of them in
+    a worker thread was a third of a connection's cost. Here the snapshot of
+    an instance is kept with the `PRAGMA data_version` seen just before it was
+    read (HotReads' own connection, which never writes, so the version moves
+    exactly when some other connection, in any process, commits), and a
+    connection is given the kept one when the version has not moved since.
+
+    Why that is correct: the caller has subscribed to the instance's topic
+    before it asks (realtime_stream). If the version is the one seen before
+    the kept read, nothing was committed between that read and this moment,
+    so the kept rows are the database as it is now. Anything committed after
+    this moment is published after its commit, so after the subscription: it
+    reaches the mailbox, and a live fix already pending is never overwritten
+    by an older snapshot row (`_queue_snapshot`). A commit that lands
+    between the version read and the rows' read is in the rows, and also
+    moved the version, so the next caller reads again. The same argument
+    lets a caller wait for a read in flight that began at the version it
+    sees now, instead of starting its own.
+
+    Small instances are read on the event loop (no worker-thread hop; a
+    read of `SNAPSHOT_ON_LOOP_MAX_ROWS` rows is well under a millisecond);
+    an instance whose last snapshot was larger, or that was never read, in a
+    worker thread as before, so a large fleet never stalls the loop. When
+    SQLite fails on the loop (or the database is not a file), the worker
+    thread's read answers, with its errors, as before.
+    """
+
+    def __init__(self, db: Database):
+        self.db = db
+        self.reads = HotReads(db.path)
+        self._version: int | None = None  # the version every kept snapshot was read at
+        self._kept: dict[str, list[LiveFix]] = {}
+        self._sizes: dict[str, int] = {}  # rows of each instance's last snapshot
+        self._reading: dict[str, tuple[int, trio.Event]] = {}  # reads in flight
+
+    async def fixes(self, instance_id: str) -> list[LiveFix]:
+        """The instance's live positions, as of now or later (see the class doc)."""
+        version = self.reads.data_version()
+        if version is None:
+            return await self._read_in_thread(instance_id)
+        if version != self._version:
+            self._kept.clear()
+            self._version = version
+        kept = self._kept.get(instance_id)
+        if kept is not None:
+            return kept
+        reading = self._reading.get(instance_id)
+        if reading is not None and reading[0] == version:
+            await reading[1].wait()
+            kept = self._kept.get(instance_id) if self._version == version else None
+            return kept if kept is not None else await self._read_in_thread(instance_id)
+        rows = None
+        if self._sizes.get(instance_id, math.inf) <= SNAPSHOT_ON_LOOP_MAX_ROWS:
+            rows = self.reads.instance_fixes(instance_id)
+        if rows is not None:
+            fixes = [_snapshot_fix(row) for row in rows]
+        else:
+            done = trio.Event()
+            self._reading[instance_id] = (version, done)
+            try:
+                fixes = await self._read_in_thread(instance_id)
+            finally:
+                done.set()
+                if self._reading.get(instance_id, (0, None))[1] is done:
+                    del self._reading[instance_id]
+        if len(self._sizes) >= SNAPSHOT_MAX_INSTANCES:
+            self._sizes.clear()
+        self._sizes[instance_id] = len(fixes)
+        if self._version == version and len(self._kept) < SNAPSHOT_MAX_INSTANCES:
+            self._kept[instance_id] = fixes
+        return fixes
+
+    async def _read_in_thread(self, instance_id: str) -> list[LiveFix]:
+        rows = await self.db.read(positions_store.latest_for_instance, instance_id)
+        return [_snapshot_fix(row) for row in rows]
+
+
+# One per database (so per app), made on first use and gone with the database.
+_snapshots_by_db: weakref.WeakKeyDictionary[Database, Snapshots] = weakref.WeakKeyDictionary()
+
+
+def _snapshots(db: Database) -> Snapshots:
+    snapshots = _snapshots_by_db.get(db)
+    if snapshots is None:
+        snapshots = _snapshots_by_db[db] = Snapshots(db)
+    return snapshots

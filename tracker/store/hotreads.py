@@ -22,6 +22,10 @@ The connection waits for no lock (busy_timeout 0): any SQLite error returns
 None, and the route then asks the framework, which reads in a thread as
 before. Misses are not remembered, so unknown keys cannot fill memory, and
 each map is emptied when it reaches `MAX_ENTRIES`.
+
+`data_version` and `instance_fixes` serve the snapshot a `/ws/realtime`
+client gets on connect (tracker/api/realtime.py, `Snapshots`), which keeps
+its own cache and the rule that makes sharing it correct.
 """
 
 from __future__ import annotations
@@ -89,6 +93,22 @@ class HotReads:
             if position is not None:
                 _remember(self._latest, device_token, position)
         return position
+
+    def data_version(self) -> int | None:
+        """`PRAGMA data_version`: it moves when another connection, in any process, committed
+        since the last look (this connection never writes); None when SQLite fails."""
+        if self._conn is None:
+            return None
+        try:
+            return self._conn.execute("PRAGMA data_version").fetchone()[0]
+        except sqlite3.Error:
+            return None
+
+    def instance_fixes(self, instance_id: str) -> list[positions.DeviceFix] | None:
+        """Every device of the instance with a live position, read now; None when SQLite fails."""
+        if self._conn is None:
+            return None
+        return self._read(positions.latest_for_instance, instance_id)
 
     def _fresh(self) -> bool:
         """Forget what another connection's commit may have changed; False when SQLite fails."""
