@@ -75,6 +75,26 @@ async def test_welcome_then_snapshot_then_live_positions(server, tracker, fleet)
         assert live["TrackToken"] == snapshot["TrackToken"]
 
 
+async def test_a_fix_in_the_snapshot_is_not_sent_again_when_its_publish_comes_late(
+    server, tracker, fleet, monkeypatch
+):
+    """The writer publishes after its commit returns: a client connecting in between finds
+    the fix in its snapshot and then gets its publish. It sees the position once."""
+    late: list = []
+    monkeypatch.setattr(tracker.writer.hub, "publish_fix", late.append)
+    await tracker.writer.submit(fleet.a.device_token, [fix(51.5, -0.12, NOW - 5)])
+    monkeypatch.undo()
+    [committed] = late
+    async with open_websocket_url(f"{server.ws}/ws/realtime") as ws:
+        await authenticate(ws, fleet.a.read_token, fleet.a.instance_id)
+        snapshot = await receive(ws)
+        assert (snapshot["Lat"], snapshot["Timestamp"]) == (51.5, int(NOW - 5))
+        tracker.hub.publish_fix(committed)  # the late publish of the same fix
+        await tracker.writer.submit(fleet.a.device_token, [fix(51.6, -0.1, NOW - 1)])
+        live = await receive(ws)
+        assert (live["Lat"], live["Timestamp"]) == (51.6, int(NOW - 1))
+
+
 async def test_instance_a_positions_never_reach_instance_b(server, tracker, fleet):
     async with (
         open_websocket_url(f"{server.ws}/ws/realtime") as watcher_a,

@@ -32,7 +32,7 @@ import contextlib
 import logging
 import math
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -66,6 +66,7 @@ from tracker.websocket import (
 log = logging.getLogger("tracker.realtime")
 
 MAX_SUBSCRIBED_DEVICES = 10_000
+SNAPSHOT_OVERLAP_SECONDS = 30.0  # how long a snapshot fix may still come again as live
 SNAPSHOT_ON_LOOP_MAX_ROWS = 200  # larger snapshots are read in a worker thread (~5 us a row)
 SNAPSHOT_MAX_INSTANCES = 10_000  # snapshots kept at once (all of the current data_version)
 UNITS = ("metric", "imperial")
@@ -286,7 +287,8 @@ async def realtime_stream(tracker: Tracker, connection: Connection) -> None:
         )
         # The sender has not started: every live fix published since subscribing is
         # still pending, so the snapshot never overtakes a newer one.
-        await _queue_snapshot(tracker, connection, instance_id)
+        snapshot = await _queue_snapshot(tracker, connection, instance_id)
+        frames = _after_snapshot(stream_format.frames, snapshot)
 
         async def on_message(message: dict[str, Any]) -> None:
             if message.get("type") != "subscribe":
@@ -305,7 +307,7 @@ async def realtime_stream(tracker: Tracker, connection: Connection) -> None:
 
         await run_connection(
             connection,
-            sender=lambda: connection.run_sender(stream_format.frames),
+            sender=lambda: connection.run_sender(frames),
             on_message=on_message,
             keepalive=tracker.keepalive,
         )
@@ -328,13 +330,56 @@ def _device_filter(value: Any) -> frozenset[str] | None | bool:
     return False
 
 
-async def _queue_snapshot(tracker: Tracker, connection: Connection, instance_id: str) -> None:
-    """Queue the instance's snapshot behind what the (already subscribed) mailbox holds."""
+async def _queue_snapshot(
+    tracker: Tracker, connection: Connection, instance_id: str
+) -> dict[str, LiveFix]:
+    """Queue the instance's snapshot behind what the (already subscribed) mailbox holds;
+    returns the fixes queued, by device."""
+    queued = {}
     for fix in await _snapshots(tracker.db).fixes(instance_id):
         pending = connection.mailbox.peek(fix.device_token)
         if isinstance(pending, LiveFix) and pending.position.timestamp >= fix.position.timestamp:
             continue
         connection.mailbox.put(fix.device_token, fix)
+        queued[fix.device_token] = fix
+    return queued
+
+
+def _after_snapshot(
+    frames: Callable[[list[Any]], Iterator[Frame]], snapshot: dict[str, LiveFix]
+) -> Callable[[list[Any]], Iterator[Frame]]:
+    """frames, never sending a device's snapshot fix a second time.
+
+    The snapshot can hold a fix that the writer committed but has not yet
+    published: its publish then reaches the mailbox after the snapshot was
+    sent. Until a newer fix of that device passes, a live fix no newer than
+    the device's snapshot fix is that one again, and is dropped. The writer
+    publishes as soon as its commit returns, so after SNAPSHOT_OVERLAP_SECONDS
+    the check stops (the stream is then all new).
+    """
+    until = trio.current_time() + SNAPSHOT_OVERLAP_SECONDS
+
+    def render(items: list[Any]) -> Iterator[Frame]:
+        if snapshot:
+            if trio.current_time() > until:
+                snapshot.clear()
+            else:
+                items = [item for item in items if not _seen_in_snapshot(item, snapshot)]
+        return frames(items)
+
+    return render
+
+
+def _seen_in_snapshot(item: Any, snapshot: dict[str, LiveFix]) -> bool:
+    if not isinstance(item, LiveFix):
+        return False
+    sent = snapshot.get(item.device_token)
+    if sent is None or item is sent:
+        return False
+    if item.position.timestamp <= sent.position.timestamp:
+        return True
+    del snapshot[item.device_token]  # newer: from here on, the stream is all new
+    return False
 
 
 class Snapshots:
