@@ -40,7 +40,7 @@ import trio
 import werkzeug.urls  # noqa: F401  registers the "werkzeug.url_quote" error handler
 
 from tracker import jsoncodec
-from tracker.api.positions import position_fields
+from tracker.api.positions import position_body
 from tracker.auth import Principal
 from tracker.context import Tracker
 from tracker.errors import TrackerError, error_body
@@ -48,7 +48,6 @@ from tracker.ingest.native import IngestError, parse_native
 from tracker.ingest.osmand import parse_osmand_params
 from tracker.ingest.owntracks import parse_owntracks
 from tracker.models import Position
-from tracker.profiles import display_value
 from tracker.store.devices import Device
 from tracker.store.hotreads import HotReads
 from tracker.timefmt import TimeFormatError, TimeStyle
@@ -303,16 +302,7 @@ class HotRoutes:
         position = self.reads.latest(device_token)
         if position is None:
             raise FallThrough
-        body = {"device_token": device.token, **position_fields(position, style)}
-        body["track_token"] = position.track_token
-        if position.attributes:
-            body["attributes"] = position.attributes
-        if instance_id is not None:
-            body["display_identifier"] = display_value(
-                device.profile, device.display_field, device.token
-            )
-            body["display_field"] = device.display_field
-            body["driver_profile"] = device.profile
+        body = position_body(device, position, style, with_profile=instance_id is not None)
         await _respond(send, 200, JSON_HEADERS, jsoncodec.dumps(body))
 
     # -- who is calling ---------------------------------------------------------

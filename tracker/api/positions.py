@@ -38,6 +38,7 @@ from tracker.models import Position
 from tracker.profiles import display_value
 from tracker.store import positions as positions_store
 from tracker.store import trips as trips_store
+from tracker.store.devices import Device
 from tracker.timefmt import TimeStyle
 from tracker.trips import Trip
 
@@ -72,11 +73,18 @@ async def get_position(device_token: str, principal: Principal) -> dict:
     position = await current().db.read(positions_store.latest, device_token)
     if position is None:
         raise NotFound("this device has not reported a position yet")
+    return position_body(device, position, style, with_profile=instance_id is not None)
+
+
+def position_body(
+    device: Device, position: Position, style: TimeStyle, *, with_profile: bool
+) -> dict:
+    """The answer of GET /devices/{token}/position (with `?instance_id=`: with_profile)."""
     body = {"device_token": device.token, **position_fields(position, style)}
     body["track_token"] = position.track_token
     if position.attributes:
         body["attributes"] = position.attributes
-    if instance_id is not None:
+    if with_profile:
         body["display_identifier"] = display_value(
             device.profile, device.display_field, device.token
         )
