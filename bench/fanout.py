@@ -1649,6 +1649,20 @@ def top_functions(collapsed: Path, count: int) -> list[str]:
 # -- the phases of this benchmark ------------------------------------------------------
 
 
+def realtime_auth(read_token: str, instance_id: str, **settings: object) -> bytes:
+    """The `/ws/realtime` authenticate message every bench client sends (metric, UTC, unix)."""
+    message = {
+        "type": "authenticate",
+        "jwt": read_token,
+        "instance_id": instance_id,
+        "units": "metric",
+        "timezone": "UTC",
+        "date_format": "unix",
+        **settings,
+    }
+    return json.dumps(message).encode()
+
+
 class FanoutBench:
     def __init__(self, args: argparse.Namespace, workdir: Path, children: Children):
         self.args = args
@@ -1747,17 +1761,7 @@ class FanoutBench:
             ):
                 if phase not in args.phases:
                     continue
-                auth = json.dumps(
-                    {
-                        "type": "authenticate",
-                        "jwt": read_token,
-                        "instance_id": instance_id,
-                        "units": "metric",
-                        "timezone": "UTC",
-                        "date_format": "unix",
-                        "batch": batch,
-                    }
-                ).encode()
+                auth = realtime_auth(read_token, instance_id, batch=batch)
                 specs = [WsSpec(f"{API_PREFIX}/ws/realtime", auth) for _ in range(args.subscribers)]
                 rows.append(
                     self.phase(

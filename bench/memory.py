@@ -26,7 +26,6 @@ Shares its harness (server process, CLI, WebSocket client) with bench/fanout.py.
 from __future__ import annotations
 
 import argparse
-import json
 import multiprocessing
 import platform
 import signal
@@ -52,6 +51,7 @@ from fanout import (  # noqa: E402
     in_workdir,
     machine_line,
     raise_nofile_limit,
+    realtime_auth,
     receiver_process,
     render_table,
     revision,
@@ -204,16 +204,7 @@ def run(args: argparse.Namespace, workdir: Path, children: Children) -> tuple[li
         now = int(time.time())
         for index, device in enumerate(devices):
             server.ingest_one(device, now - 60, 51.5 + index * 1e-3)
-        auth = json.dumps(
-            {
-                "type": "authenticate",
-                "jwt": token,
-                "instance_id": instance_id,
-                "units": "metric",
-                "timezone": "UTC",
-                "date_format": "unix",
-            }
-        ).encode()
+        auth = realtime_auth(token, instance_id)
         results.append(
             measure(
                 "tracker: /ws/realtime",

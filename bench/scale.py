@@ -49,7 +49,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import multiprocessing
 import signal
 import sys
@@ -80,6 +79,7 @@ from fanout import (  # noqa: E402
     machine_line,
     process_cpu_seconds,
     raise_nofile_limit,
+    realtime_auth,
     receiver_process,
     render_table,
     revision,
@@ -167,19 +167,6 @@ class ScaleBench:
         server.start()
         return server, instance_id, device_list, read_token, admin_token
 
-    @staticmethod
-    def auth(read_token: str, instance_id: str) -> bytes:
-        return json.dumps(
-            {
-                "type": "authenticate",
-                "jwt": read_token,
-                "instance_id": instance_id,
-                "units": "metric",
-                "timezone": "UTC",
-                "date_format": "unix",
-            }
-        ).encode()
-
     def counted_phase(self, name: str, rate: float, **kwargs) -> PhaseResult:
         """fanout's run_phase with every position counted: the window opens with the first
         send, and the sender stops --tail s before it closes."""
@@ -240,7 +227,7 @@ class ScaleBench:
         server, instance_id, devices, read_token, _ = self.server("subscribers", args.devices)
         try:
             specs = [
-                WsSpec(f"{API_PREFIX}/ws/realtime", self.auth(read_token, instance_id))
+                WsSpec(f"{API_PREFIX}/ws/realtime", realtime_auth(read_token, instance_id))
                 for _ in range(args.subscribers)
             ]
             row = self.counted_phase(
@@ -390,7 +377,7 @@ class ScaleBench:
             now = int(time.time())
             for index, device in enumerate(devices):  # every connection gets a snapshot
                 server.ingest_one(device, now - 60, 51.5 + index * 1e-3)
-            auth = self.auth(read_token, instance_id)
+            auth = realtime_auth(read_token, instance_id)
             specs = spread_sources(
                 [WsSpec(f"{API_PREFIX}/ws/realtime", auth) for _ in range(args.reconnect)]
             )
@@ -488,7 +475,7 @@ class ScaleBench:
             now = int(time.time())
             for index, device in enumerate(devices):
                 server.ingest_one(device, now - 60, 51.5 + index * 1e-3)
-            auth = self.auth(read_token, instance_id)
+            auth = realtime_auth(read_token, instance_id)
             holding = argparse.Namespace(
                 connections=args.idle,
                 client_processes=max(args.client_processes, args.idle // 1000),

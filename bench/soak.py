@@ -78,6 +78,7 @@ from fanout import (  # noqa: E402
     machine_line,
     percentile,
     process_cpu_seconds,
+    realtime_auth,
     render_table,
     revision,
     rss_kib,
@@ -574,16 +575,7 @@ def run(args: argparse.Namespace, workdir: Path, children: Children) -> dict:
             share_paths = [
                 f"{API_PREFIX}/share/{tokens[i % len(tokens)]}/live" for i in range(args.viewers)
             ]
-        auth = json.dumps(
-            {
-                "type": "authenticate",
-                "jwt": read_token,
-                "instance_id": instance_id,
-                "units": "metric",
-                "timezone": "UTC",
-                "date_format": "unix",
-            }
-        ).encode()
+        auth = realtime_auth(read_token, instance_id)
         ctx = multiprocessing.get_context("fork")
         counters = ctx.RawArray("d", len(COUNTERS))
         queue = ctx.Queue()
