@@ -31,10 +31,14 @@ its own cache and the rule that makes sharing it correct.
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Callable
+from typing import TypeVar
 
 from tracker.models import Position
 from tracker.store import devices, positions
 from tracker.store.devices import Device
+
+T = TypeVar("T")
 
 MAX_ENTRIES = 100_000
 
@@ -62,37 +66,28 @@ class HotReads:
 
     def device_by_ingest_key(self, key: str) -> Device | None:
         """The device whose ingest key this is; None when unknown (or unsure: ask the store)."""
-        if not self._fresh():
-            return None
-        key_hash = devices.hash_ingest_key(key)
-        device = self._by_key_hash.get(key_hash)
-        if device is None:
-            device = self._read(devices.by_ingest_key, key)
-            if device is not None:
-                _remember(self._by_key_hash, key_hash, device)
-        return device
+        return self._look_up(
+            self._by_key_hash, devices.hash_ingest_key(key), devices.by_ingest_key, key
+        )
 
     def device(self, token: str) -> Device | None:
         """The device with this token; None when unknown (or unsure)."""
-        if not self._fresh():
-            return None
-        device = self._by_token.get(token)
-        if device is None:
-            device = self._read(devices.get, token)
-            if device is not None:
-                _remember(self._by_token, token, device)
-        return device
+        return self._look_up(self._by_token, token, devices.get, token)
 
     def latest(self, device_token: str) -> Position | None:
         """The device's live position; None when it has none (or unsure)."""
+        return self._look_up(self._latest, device_token, positions.latest, device_token)
+
+    def _look_up(self, cache: dict, key: str, read: Callable[..., T | None], arg: str) -> T | None:
+        """cache[key] while fresh, else read(conn, arg) remembered (a miss is never kept)."""
         if not self._fresh():
             return None
-        position = self._latest.get(device_token)
-        if position is None:
-            position = self._read(positions.latest, device_token)
-            if position is not None:
-                _remember(self._latest, device_token, position)
-        return position
+        value = cache.get(key)
+        if value is None:
+            value = self._read(read, arg)
+            if value is not None:
+                _remember(cache, key, value)
+        return value
 
     def data_version(self) -> int | None:
         """`PRAGMA data_version`: it moves when another connection, in any process, committed
