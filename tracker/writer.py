@@ -309,9 +309,7 @@ class _BatchState:
 
     def _neighbours(self, trip: Trip, timestamp: float) -> tuple[Position | None, Position | None]:
         """The trip's fixes just before and after `timestamp`, stored or joined in this batch."""
-        before, after = positions_store.neighbours(
-            self.conn, trip.device_token, trip.track_token, timestamp
-        )
+        before, after = positions_store.neighbours(self.conn, trip, timestamp)
         joined = self.joined.get((trip.device_token, trip.track_token), [])
         index = bisect_left(joined, timestamp, key=_timestamp)
         if index > 0 and (before is None or joined[index - 1].timestamp > before.timestamp):

@@ -145,7 +145,7 @@ async def export_chunks(
         )
     )
     async for each in _trips(read, device.token, low, high, trip):
-        count = await read(positions_store.count_in_trip, device.token, each.track_token, low, high)
+        count = await read(positions_store.count_in_trip, each, low, high)
         if not count:
             continue  # the trip spans the window, but its fixes lie outside it
         yield writer.begin_trip(trip_fields(each, _UTC_ISO, gap_seconds), count)
@@ -156,8 +156,7 @@ async def export_chunks(
             while True:
                 positions = await read(
                     positions_store.trip_window_page,
-                    device.token,
-                    each.track_token,
+                    each,
                     after,
                     high,
                     EXPORT_PAGE_POSITIONS,
@@ -249,9 +248,7 @@ async def get_trip(device_token: str, track_token: str, principal: Principal) ->
     style = time_style()
     await _device(principal, device_token)
     trip = await _trip(device_token, track_token)
-    waypoints = await current().db.read(
-        positions_store.trip_page, device_token, track_token, since, limit + 1
-    )
+    waypoints = await current().db.read(positions_store.trip_page, trip, since, limit + 1)
     has_more = len(waypoints) > limit
     del waypoints[limit:]
     return {

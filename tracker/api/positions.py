@@ -112,9 +112,7 @@ async def get_tracks(device_token: str, principal: Principal) -> dict:
     limit, since = waypoint_page()
     trip = await _latest_trip(principal, device_token)
     style = time_style()
-    waypoints = await current().db.read(
-        positions_store.trip_page, device_token, trip.track_token, since, limit + 1
-    )
+    waypoints = await current().db.read(positions_store.trip_page, trip, since, limit + 1)
     has_more = len(waypoints) > limit
     del waypoints[limit:]
     gap = current().settings.trips.split_gap_seconds

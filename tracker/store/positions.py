@@ -2,7 +2,10 @@
 
 Every read of a trip's fixes is bounded: a fix's two neighbours in time (for
 the writer), or one page (for `/tracks` and the exports), each an index seek on
-`positions_trip` (device_token, track_token, ts), whatever the trip's length.
+UNIQUE(device_token, ts) within the trip's [started_at, ended_at], whatever the
+trip's length. A device's trips seldom overlap in time, so the rows of other trips
+such a scan steps over are few; there is no index by trip, which every insert
+would pay for (migration m009).
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from dataclasses import dataclass
 
 from tracker import jsoncodec
 from tracker.models import Position
+from tracker.trips import Trip
 
 _INSERT = (
     "INSERT OR IGNORE INTO positions (device_token, track_token, ts, lat, lon, speed, heading,"
@@ -153,35 +157,30 @@ def latest_for_instance(conn: sqlite3.Connection, instance_id: str) -> list[Devi
 
 
 def neighbours(
-    conn: sqlite3.Connection, device_token: str, track_token: str, timestamp: float
+    conn: sqlite3.Connection, trip: Trip, timestamp: float
 ) -> tuple[Position | None, Position | None]:
     """The trip's stored fixes just before and just after `timestamp`."""
-    where = "WHERE device_token = ? AND track_token = ? AND ts"
+    key = (trip.device_token, trip.track_token)
     before = conn.execute(
-        f"SELECT {_COLUMNS} FROM positions {where} < ? ORDER BY ts DESC LIMIT 1",
-        (device_token, track_token, timestamp),
+        f"SELECT {_COLUMNS} FROM positions WHERE device_token = ? AND track_token = ?"
+        " AND ts < ? AND ts >= ? ORDER BY ts DESC LIMIT 1",
+        (*key, timestamp, trip.started_at),
     ).fetchone()
     after = conn.execute(
-        f"SELECT {_COLUMNS} FROM positions {where} > ? ORDER BY ts LIMIT 1",
-        (device_token, track_token, timestamp),
+        f"SELECT {_COLUMNS} FROM positions WHERE device_token = ? AND track_token = ?"
+        " AND ts > ? AND ts <= ? ORDER BY ts LIMIT 1",
+        (*key, timestamp, trip.ended_at),
     ).fetchone()
     return (_position(before) if before else None, _position(after) if after else None)
 
 
 def trip_page(
-    conn: sqlite3.Connection,
-    device_token: str,
-    track_token: str,
-    after: float | None,
-    limit: int,
+    conn: sqlite3.Connection, trip: Trip, after: float | None, limit: int
 ) -> list[Position]:
     """Up to `limit` of the trip's fixes later than `after` (all when None), in time order."""
-    rows = conn.execute(
-        f"SELECT {_COLUMNS} FROM positions WHERE device_token = ? AND track_token = ?"
-        " AND ts > ? ORDER BY ts LIMIT ?",
-        (device_token, track_token, after if after is not None else float("-inf"), limit),
-    ).fetchall()
-    return [_position(row) for row in rows]
+    return trip_window_page(
+        conn, trip, after if after is not None else float("-inf"), trip.ended_at, limit
+    )
 
 
 def last_since(
@@ -204,31 +203,36 @@ def recent(conn: sqlite3.Connection, device_token: str, since: float) -> list[Po
     return [_position(row) for row in rows]
 
 
-def count_in_trip(
-    conn: sqlite3.Connection, device_token: str, track_token: str, low: float, high: float
-) -> int:
+def count_in_trip(conn: sqlite3.Connection, trip: Trip, low: float, high: float) -> int:
     """How many of the trip's fixes lie in [low, high] (an index range count)."""
     return conn.execute(
         "SELECT COUNT(*) FROM positions WHERE device_token = ? AND track_token = ?"
         " AND ts BETWEEN ? AND ?",
-        (device_token, track_token, low, high),
+        (
+            trip.device_token,
+            trip.track_token,
+            max(low, trip.started_at),
+            min(high, trip.ended_at),
+        ),
     ).fetchone()[0]
 
 
 def trip_window_page(
-    conn: sqlite3.Connection,
-    device_token: str,
-    track_token: str,
-    after: float,
-    high: float,
-    limit: int,
+    conn: sqlite3.Connection, trip: Trip, after: float, high: float, limit: int
 ) -> list[Position]:
     """Up to `limit` of the trip's fixes in (after, high], in time order: one page of an
     export. A device has one fix per timestamp, so `ts` alone is the keyset."""
     rows = conn.execute(
         f"SELECT {_COLUMNS} FROM positions WHERE device_token = ? AND track_token = ?"
-        " AND ts > ? AND ts <= ? ORDER BY ts LIMIT ?",
-        (device_token, track_token, after, high, limit),
+        " AND ts > ? AND ts >= ? AND ts <= ? ORDER BY ts LIMIT ?",
+        (
+            trip.device_token,
+            trip.track_token,
+            after,
+            trip.started_at,
+            min(high, trip.ended_at),
+            limit,
+        ),
     ).fetchall()
     return [_position(row) for row in rows]
 

@@ -108,6 +108,7 @@ def prune_empty(conn: sqlite3.Connection, before: float) -> int:
     """Delete trips that ended before `before` and have no positions left."""
     return conn.execute(
         "DELETE FROM trips WHERE ended_at < ? AND NOT EXISTS (SELECT 1 FROM positions p"
-        " WHERE p.device_token = trips.device_token AND p.track_token = trips.track_token)",
+        " WHERE p.device_token = trips.device_token AND p.track_token = trips.track_token"
+        " AND p.ts BETWEEN trips.started_at AND trips.ended_at)",
         (before,),
     ).rowcount
