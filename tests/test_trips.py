@@ -9,6 +9,7 @@ reader of that trip never holds the whole of it.
 
 from __future__ import annotations
 
+import itertools
 import random
 import sqlite3
 import time
@@ -258,3 +259,42 @@ async def test_late_uploads_show_in_the_stats_as_if_sent_in_order(http, fleet):
     assert [w["latitude"] for w in (await tracks(http, fleet.a)).json()["waypoints"]] == [
         lat for lat, _ in route
     ]
+
+
+async def test_two_client_trips_interleaved_in_time_each_read_and_counted_on_their_own(http, fleet):
+    # A phone app that sends its own trip ids may run two at once (a delivery and a
+    # personal trip): their fixes interleave in time, and each trip is its own.
+    headers = {"X-Ingest-Key": fleet.a.ingest_key}
+    path = f"/devices/{fleet.a.device_token}/positions"
+    start = int(NOW) - 600
+    fixes = {
+        trip: [
+            {
+                "latitude": 51.50 + 0.001 * i + (0.05 if trip == "evening" else 0.0),
+                "longitude": -0.12,
+                "timestamp": start + 20 * i + (10 if trip == "evening" else 0),
+                "track_token": trip,
+            }
+            for i in range(6)
+        ]
+        for trip in ("morning", "evening")
+    }
+    in_time_order = sorted(fixes["morning"] + fixes["evening"], key=lambda f: f["timestamp"])
+    late = in_time_order.pop(4)  # one fix of the morning trip arrives last, a backlog
+    assert late["track_token"] == "morning"
+    response = await http.post(path, json={"positions": in_time_order}, headers=headers)
+    assert response.status_code == 201
+    assert (await http.post(path, json=late, headers=headers)).status_code == 201
+    for trip, sent in fixes.items():
+        detail = await http.get(
+            f"/devices/{fleet.a.device_token}/trips/{trip}", headers=bearer(fleet.a.read_token)
+        )
+        assert detail.status_code == 200
+        body = detail.json()
+        assert [w["latitude"] for w in body["waypoints"]] == [f["latitude"] for f in sent]
+        expected = sum(
+            haversine_m(a["latitude"], a["longitude"], b["latitude"], b["longitude"])
+            for a, b in itertools.pairwise(sent)
+        )
+        assert body["distance_meters"] == pytest.approx(expected, abs=0.01)
+        assert body["waypoint_count"] == 6
