@@ -116,6 +116,9 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> None:
 
     settings = _listen_overrides(args, settings)
     _open_database(settings).close()  # a path that cannot be opened is told in one line
+    if args.workers > 1:
+        _serve_workers(args, settings)
+        return
     app = create_app(settings)
 
     async def run() -> None:
@@ -124,6 +127,27 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> None:
             log_serving(binds, settings)
 
     _serve_until_stopped(run, settings)
+
+
+def _serve_workers(args: argparse.Namespace, settings: Settings) -> None:
+    from tracker.workers import supervise, workers_for
+
+    if not settings.broker.url:
+        raise CommandError(
+            f"--workers {args.workers} runs {args.workers} processes on one database, and they"
+            " share live positions only through a broker: set broker.url (TRACKER_BROKER_URL)"
+            " to a Redis server, e.g. redis://127.0.0.1:6379/0"
+        )
+    server, osmand_port = settings.server, settings.ingest.osmand_port
+    last = server.port + args.workers - 1
+    if server.port == 0:
+        raise CommandError(f"--workers {args.workers} needs a port to count from, not 0")
+    if last > 65535 or (osmand_port and osmand_port + args.workers - 1 > 65535):
+        raise CommandError(f"--workers {args.workers} from port {server.port} runs past 65535")
+    workers = workers_for(args.config, server.host, server.port, osmand_port, args.workers)
+    log.info("starting %d workers on %s ports %d-%d", args.workers, server.host, server.port, last)
+    if supervise(workers):
+        raise CommandFailed("a worker stopped with an error (see its log lines above)")
 
 
 def cmd_demo(args: argparse.Namespace, settings: Settings) -> None:
@@ -396,6 +420,14 @@ def build_parser() -> argparse.ArgumentParser:
         serving = command(commands, name, handler, help)
         serving.add_argument("--host", help="address to listen on (default: server.host)")
         serving.add_argument("--port", type=_port, help="port to listen on (default: server.port)")
+    serve_parser = commands.choices["serve"]
+    serve_parser.add_argument(
+        "--workers",
+        type=_positive,
+        default=1,
+        help="server processes, each on its own port from --port up (more than one needs"
+        " broker.url)",
+    )
 
     watch = command(commands, "watch", cmd_watch, "print an instance's live stream")
     watch.add_argument("--instance", required=True, help="instance id")
@@ -472,6 +504,12 @@ def build_parser() -> argparse.ArgumentParser:
 def _port(text: str) -> int:
     if not text.isdigit() or not 0 <= int(text) <= 65535:
         raise argparse.ArgumentTypeError(f"not a port number: {text!r}")
+    return int(text)
+
+
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"not a positive whole number: {text!r}")
     return int(text)
 
 
