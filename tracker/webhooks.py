@@ -191,6 +191,7 @@ class Dispatcher:
         self.hub = hub
         self.settings = settings
         self.lease_holder = lease_holder  # set: record attempts only while it holds LEASE
+        self._lease_lost = False  # then nothing more starts; tracker/leases.py stops the run
         self._running: set[str] = set()
         self._again: set[str] = set()
         self._client: httpx.AsyncClient | None = None
@@ -213,6 +214,8 @@ class Dispatcher:
                         await nudges.take()
 
     async def _start_due(self, nursery: trio.Nursery) -> None:
+        if self._lease_lost:
+            return
         try:
             webhooks = await self.db.read(webhooks_store.enabled)
         except StorageUnavailable:  # the store logged it; the next round retries
@@ -248,7 +251,11 @@ class Dispatcher:
                         self._again.discard(webhook_id)
                         continue
                     return
-                if await self._attempt(webhook, event) in (RETRYING, DISABLED, LEASE_LOST):
+                outcome = await self._attempt(webhook, event)
+                if outcome == LEASE_LOST:
+                    log.warning("webhook delivery: lease lost, %s stops here", LEASE)
+                    self._lease_lost = True
+                if outcome in (RETRYING, DISABLED, LEASE_LOST):
                     return  # the main loop starts this webhook again when it is due
         except Exception:
             log.exception("webhook %s: delivery task failed; retried next round", webhook_id)
