@@ -296,7 +296,7 @@ async def test_a_holder_that_finds_another_holder_stops_its_job(databases, nurse
 
 async def test_a_holder_that_cannot_renew_stops_before_its_lease_lapses(databases, nursery):
     job = Job()
-    a = LeaseHolder(databases[0], "a", TTL)
+    a = LeaseHolder(databases[0], "a", TTL * 2)  # its job stops 0.5 s before its lease lapses
     nursery.start_soon(a.run, "sweeper", job.for_holder("a"))
     await until(lambda: "a" in job.running)
     blocker = sqlite3.connect(databases[1].path, isolation_level=None)
