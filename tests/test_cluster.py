@@ -447,3 +447,33 @@ def test_serve_workers_without_a_broker_is_refused_in_one_line(tmp_path):
         " only through a broker: set broker.url (TRACKER_BROKER_URL) to a Redis server, e.g."
         " redis://127.0.0.1:6379/0"
     ]
+
+
+def test_a_second_process_on_the_database_without_a_broker_is_refused_in_one_line(tmp_path):
+    first = ServerProcess(tmp_path)
+    first.start()
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "tracker", "serve", "--port", str(free_port())],
+            cwd=tmp_path,
+            env=first.env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    finally:
+        first.stop(signal.SIGTERM)
+    assert result.returncode == 2
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith(f"tracker: another tracker process (pid {first.process.pid} on ")
+    assert "set broker.url (TRACKER_BROKER_URL)" in line
+
+
+def test_a_process_killed_without_a_clean_stop_can_be_started_again_at_once(tmp_path):
+    first = ServerProcess(tmp_path)
+    first.start()
+    first.process.kill()  # its leases stay in the table until they lapse
+    first.process.wait(timeout=10)
+    again = ServerProcess(tmp_path)
+    again.start()
+    assert again.stop(signal.SIGTERM) == 0

@@ -52,6 +52,33 @@ VALID_FOR = 5 / 6  # of the TTL: the job stops this long after a renewal started
 RELEASE_TIMEOUT_SECONDS = 5.0
 
 
+def other_live_processes(db: Database) -> list[str]:
+    """Other processes that hold a lease now ("host:pid:..."), for the start-up check that
+    several processes have a broker. A holder on this host whose pid is gone was killed
+    before it could release (its lease lapses within the TTL): it does not count."""
+    here = socket.gethostname()
+    alive = []
+    for holder in db.read_sync(leases_store.live_holders, time.time()):
+        host, _, rest = holder.partition(":")
+        pid = rest.partition(":")[0]
+        if host == here and pid.isdigit() and not _pid_alive(int(pid)):
+            continue  # killed before it could release
+        alive.append(holder)
+    return alive
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return False  # a dead process's leases: this pid was its, and is now this one's
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process
+    return True
+
+
 def new_holder() -> str:
     """This process's holder id: host and pid for humans, random bits for uniqueness."""
     return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"

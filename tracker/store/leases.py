@@ -71,3 +71,11 @@ def release(conn: sqlite3.Connection, name: str, holder: str) -> bool:
         conn.execute("DELETE FROM leases WHERE name = ? AND holder = ?", (name, holder)).rowcount
         > 0
     )
+
+
+def live_holders(conn: sqlite3.Connection, now: float) -> list[str]:
+    """The holders of leases that have not lapsed: the processes running jobs now."""
+    rows = conn.execute(
+        "SELECT DISTINCT holder FROM leases WHERE expires_at >= ? ORDER BY holder", (now,)
+    )
+    return [row[0] for row in rows]
