@@ -266,9 +266,12 @@ def websocket_routes(tracker: Tracker) -> list[tuple[str, Handler]]:
 async def run_background(
     tracker: Tracker, *, task_status: trio.TaskStatus[trio.CancelScope] = trio.TASK_STATUS_IGNORED
 ) -> None:
-    """The long-lived tasks (hub pump, writer, keepalive, webhook dispatcher, pruner, sweepers,
-    MQTT); cancelled together. The dispatcher, the pruner and the sweeper run only while this
-    process holds their lease (tracker/leases.py); one process alone takes them all at start."""
+    """The long-lived tasks (hub pump, broker, resyncs, writer, keepalive, webhook dispatcher,
+    pruner, sweepers, MQTT); cancelled together. The dispatcher, the pruner and the sweeper run
+    only while this process holds their lease (tracker/leases.py); one process alone takes them
+    all at start."""
+    from tracker.api.realtime import run_resyncs
+
     settings = tracker.settings
     leases = LeaseHolder(tracker.db, new_holder(), take_over_at_start=not settings.broker.url)
     try:
@@ -278,6 +281,7 @@ async def run_background(
                     tracker.hub.run_pump, tracker.settings.realtime.fanout_interval_seconds
                 )
                 await nursery.start(tracker.broker.run)
+                await nursery.start(run_resyncs, tracker)
                 await nursery.start(tracker.writer.run)
                 await nursery.start(
                     tracker.keepalive.run, tracker.settings.realtime.ping_interval_seconds
