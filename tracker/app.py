@@ -263,13 +263,16 @@ def websocket_routes(tracker: Tracker) -> list[tuple[str, Handler]]:
     ]
 
 
+MQTT_LEASE = "mqtt"
+
+
 async def run_background(
     tracker: Tracker, *, task_status: trio.TaskStatus[trio.CancelScope] = trio.TASK_STATUS_IGNORED
 ) -> None:
     """The long-lived tasks (hub pump, broker, resyncs, writer, keepalive, webhook dispatcher,
-    pruner, sweepers, MQTT); cancelled together. The dispatcher, the pruner and the sweeper run
-    only while this process holds their lease (tracker/leases.py); one process alone takes them
-    all at start."""
+    pruner, sweepers, MQTT); cancelled together. The dispatcher, the pruner, the sweeper and
+    the MQTT client run only while this process holds their lease (tracker/leases.py); one
+    process alone takes them all at start."""
     from tracker.api.realtime import run_resyncs
 
     settings = tracker.settings
@@ -321,7 +324,9 @@ async def run_background(
                         tracker.metrics,
                         ingest.mqtt_ca_file,
                     )
-                    await nursery.start(mqtt.run)
+                    # One MQTT client per tracker (one client id, a persistent session):
+                    # among several processes, whichever holds the lease subscribes.
+                    nursery.start_soon(leases.run, MQTT_LEASE, mqtt.run)
                 task_status.started(scope)
     finally:
         tracker.background_done.set()
