@@ -1,8 +1,8 @@
 """Cluster benchmark: ingest and fan-out with one and with several tracker processes.
 
-    python bench/cluster.py                       # full run: SQLite configurations (about 4 min)
-    python bench/cluster.py --quick               # smoke run: short phases, 30 subscribers
-    python bench/cluster.py --storage postgresql  # adds PostgreSQL + Redis, 1 and 3 processes
+    python bench/cluster.py                       # full run: SQLite configurations (about 3 min)
+    python bench/cluster.py --quick               # smoke run: 3 s phases, 30 subscribers (about 1 min)
+    python bench/cluster.py --storage postgresql  # adds PostgreSQL + Redis, 1 and 3 processes (6 min)
 
 Issue #21: "the bench reports ingest and fan-out with one and with three processes on
 the same machine, beside the embedded figures". Configurations, all measured in the
@@ -1065,8 +1065,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--processes", type=int, default=3, help="processes of the cluster (3)")
     parser.add_argument("--quick", action="store_true", help="smoke run (under 2 minutes)")
-    parser.add_argument("--seconds", type=float, help="measured window per phase (10; quick 3)")
-    parser.add_argument("--warmup", type=float, help="fan-out warm-up seconds (3; quick 1)")
+    parser.add_argument("--seconds", type=float, help="measured window per phase (20; quick 3)")
+    parser.add_argument("--warmup", type=float, help="fan-out warm-up seconds (5; quick 1)")
     parser.add_argument("--ingest-warmup", type=float, help="ingest warm-up seconds (2; quick 1)")
     parser.add_argument(
         "--tail", type=float, default=2.0, help="fan-out: seconds after the last send (2)"
@@ -1088,8 +1088,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--keep", action="store_true", help="keep the temp directory and logs")
     args = parser.parse_args(argv)
-    args.seconds = args.seconds or (3.0 if args.quick else 10.0)
-    args.warmup = args.warmup if args.warmup is not None else (1.0 if args.quick else 3.0)
+    args.seconds = args.seconds or (3.0 if args.quick else 20.0)
+    args.warmup = args.warmup if args.warmup is not None else (1.0 if args.quick else 5.0)
     args.ingest_warmup = args.ingest_warmup or (1.0 if args.quick else 2.0)
     args.subscribers = args.subscribers or (30 if args.quick else 100)
     args.concurrency = args.concurrency or (12 if args.quick else 48)
