@@ -8,6 +8,7 @@ loopback port and talks to it over real sockets with httpx.
 from __future__ import annotations
 
 import json
+import os
 import secrets
 from dataclasses import dataclass
 from functools import partial
@@ -24,12 +25,24 @@ from tracker.context import Tracker
 from tracker.server import serve
 from tracker.store import devices, instances
 
+# TRACKER_TEST_STORAGE=postgresql: `settings` names a fresh database on the session's
+# PostgreSQL (tests/engines.py) instead of a SQLite file; .ci/run runs the suites that
+# pass there a second time so.
+TEST_STORAGE = os.environ.get("TRACKER_TEST_STORAGE", "sqlite")
+
+sqlite_only = pytest.mark.skipif(
+    TEST_STORAGE != "sqlite", reason="SQLite only (TRACKER_TEST_STORAGE names another engine)"
+)
+
 
 @pytest.fixture
-def settings(tmp_path) -> Settings:
+def settings(tmp_path, request) -> Settings:
+    storage = {"path": str(tmp_path / "tracker.db")}
+    if TEST_STORAGE == "postgresql":
+        storage["url"] = request.getfixturevalue("postgres_url")
     return Settings().replace(
         server={"host": "127.0.0.1", "port": 0, "public_url": "http://tracker.test"},
-        storage={"path": str(tmp_path / "tracker.db")},
+        storage=storage,
         auth={"jwt_secret": secrets.token_urlsafe(48)},
     )
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from tracker import __version__
 from tracker.auth import SCOPES, AuthConfigError, parse_ttl
-from tracker.config import ConfigError, Settings, load_settings
+from tracker.config import ConfigError, Settings, load_settings, redacted_url
 from tracker.errors import StorageUnavailable
 from tracker.models import (
     DeviceToken,
@@ -30,7 +30,7 @@ from tracker.models import (
     Profile,
     validated,
 )
-from tracker.store import Database, devices, instances
+from tracker.store import Database, devices, instances, open_database
 
 log = logging.getLogger("tracker")
 
@@ -52,14 +52,23 @@ def _emit(args: argparse.Namespace, value: dict, text: str) -> None:
 
 
 def _open_database(settings: Settings) -> Database:
-    path = Path(settings.storage.path)
+    if settings.storage.engine == "postgresql":
+        try:
+            return open_database(settings.storage)
+        except StorageUnavailable as error:
+            raise CommandError(
+                f"cannot open the database {redacted_url(settings.storage.url)} ({error}): check"
+                " that PostgreSQL runs and the URL is right, or set storage.url"
+                " (TRACKER_STORAGE_URL)"
+            ) from None
+    path = Path(settings.storage.sqlite_path)
     if not path.resolve().parent.is_dir():
         raise CommandError(
             f"cannot open the database {path}: the directory {path.resolve().parent} does not"
             " exist; create it, or set storage.path (TRACKER_STORAGE_PATH)"
         )
     try:
-        return Database(settings.storage.path, settings.storage.synchronous)
+        return open_database(settings.storage)
     except (sqlite3.Error, StorageUnavailable) as error:
         raise CommandError(
             f"cannot open the database {path} ({error}): check that {path.resolve().parent}"
@@ -275,8 +284,12 @@ def cmd_token_create(args: argparse.Namespace, settings: Settings) -> None:
 def cmd_backup(args: argparse.Namespace, settings: Settings) -> None:
     from tracker.store.backup import BackupError, backup_database
 
+    if settings.storage.engine == "postgresql":
+        raise CommandError(
+            "tracker backup copies a SQLite file; back a PostgreSQL database up with pg_dump"
+        )
     try:
-        done = backup_database(settings.storage.path, args.path, overwrite=args.force)
+        done = backup_database(settings.storage.sqlite_path, args.path, overwrite=args.force)
     except BackupError as error:
         raise CommandError(str(error)) from None
     _emit(

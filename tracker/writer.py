@@ -95,7 +95,8 @@ class Writer:
         self.arrival_radius_m = arrival_radius_m
         self.offline_after_seconds = offline_after_seconds
         self.geofences = GeofenceIndex()  # used and changed only in the writer thread
-        self.memory = DeviceMemory()  # likewise
+        # likewise; SQLite only: PostgreSQL has no data_version to tell another's commit
+        self.memory = DeviceMemory() if getattr(db, "dialect", "sqlite") == "sqlite" else None
         self._send, self._receive = trio.open_memory_channel[_Request](QUEUE_REQUESTS)
 
     async def submit(self, device_token: str, positions: list[Position]) -> IngestResult:
@@ -138,7 +139,8 @@ class Writer:
                 self.memory,
             )
         except Exception as error:  # answered as a 5xx by the caller; nothing was stored
-            self.memory.forget()
+            if self.memory is not None:
+                self.memory.forget()
             if not isinstance(error, StorageUnavailable):  # that one the store has logged
                 log.exception("commit of %d ingest requests failed", len(batch))
             self.metrics.commit_failed()
@@ -146,7 +148,8 @@ class Writer:
                 request.error = error
                 request.done.set()
             return
-        self.memory.committed()
+        if self.memory is not None:
+            self.memory.committed()
         self.metrics.committed(
             sum(len(r.positions) for r in batch),
             sum(r.accepted for r in results if isinstance(r, IngestResult)),
@@ -215,6 +218,7 @@ class _BatchState:
     def __init__(self, conn: sqlite3.Connection, gap: float, memory: DeviceMemory | None = None):
         self.conn = conn
         self.gap = gap
+        self.kept = memory is not None  # else a memory of this commit alone
         self.memory = memory if memory is not None else DeviceMemory()
         self.devices: dict[str, devices.Device | None] = {}
         self.latest: dict[str, float | None] = {}
@@ -253,6 +257,8 @@ class _BatchState:
 
     def remember(self) -> None:
         """What this commit leaves for the next (kept once the commit is on disk)."""
+        if not self.kept:
+            return
         memory = self.memory
         for token, seen in self.seen.items():
             if seen:
@@ -339,6 +345,7 @@ def commit_batch(
     this commit emitted. `memory` carries what the writer knew of each device
     from its previous commit (see DeviceMemory); without it, everything is read.
     """
+    devices.lock_for_ingest(conn, [token for token, _ in requests])
     if memory is not None:
         memory.recall(conn)
     state = _BatchState(conn, gap, memory)

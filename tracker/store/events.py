@@ -6,6 +6,7 @@ import sqlite3
 from dataclasses import dataclass
 
 from tracker import jsoncodec
+from tracker.store import pg_schema
 
 
 @dataclass(frozen=True)
@@ -37,9 +38,15 @@ def append(
     data: dict,
     webhook_id: str | None = None,
 ) -> int:
-    cursor = conn.execute(
+    if getattr(conn, "dialect", "sqlite") == "postgresql":
+        # Readers follow the outbox by seq (webhooks' cursors): several processes must
+        # commit its rows in seq order, so appends take turns until each one commits.
+        conn.execute(
+            "SELECT pg_advisory_xact_lock(?, ?)", (pg_schema.LOCK_CLASS, pg_schema.EVENTS_LOCK)
+        )
+    return conn.execute(
         "INSERT INTO events (id, instance_id, type, created_at, data, webhook_id)"
-        " VALUES (?, ?, ?, ?, ?, ?)",
+        " VALUES (?, ?, ?, ?, ?, ?) RETURNING seq",
         (
             event_id,
             instance_id,
@@ -48,8 +55,7 @@ def append(
             jsoncodec.dumps(data).decode(),
             webhook_id,
         ),
-    )
-    return cursor.lastrowid
+    ).fetchone()[0]
 
 
 def last_seq(conn: sqlite3.Connection) -> int:

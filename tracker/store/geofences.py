@@ -96,8 +96,8 @@ def set_inside(
 ) -> None:
     if is_inside:
         conn.execute(
-            "INSERT OR REPLACE INTO geofence_presence (device_token, geofence_id, since)"
-            " VALUES (?, ?, ?)",
+            "INSERT INTO geofence_presence (device_token, geofence_id, since) VALUES (?, ?, ?)"
+            " ON CONFLICT (device_token, geofence_id) DO UPDATE SET since = excluded.since",
             (device_token, fence_id, now),
         )
     else:

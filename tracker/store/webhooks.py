@@ -118,9 +118,9 @@ def delete(conn: sqlite3.Connection, webhook_id: str) -> bool:
 def advance(conn: sqlite3.Connection, webhook_id: str, cursor: int) -> None:
     """Done with the event at `cursor`: the next one is tried at once."""
     conn.execute(
-        "UPDATE webhooks SET cursor = max(cursor, ?), failing_since = NULL,"
-        " next_attempt_at = NULL WHERE id = ?",
-        (cursor, webhook_id),
+        "UPDATE webhooks SET cursor = CASE WHEN cursor > ? THEN cursor ELSE ? END,"
+        " failing_since = NULL, next_attempt_at = NULL WHERE id = ?",
+        (cursor, cursor, webhook_id),
     )
 
 
