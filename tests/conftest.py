@@ -25,13 +25,13 @@ from tracker.context import Tracker
 from tracker.server import serve
 from tracker.store import devices, instances
 
-# TRACKER_TEST_STORAGE=postgresql: `settings` names a fresh database on the session's
+# TEST_TRACKER_STORAGE=postgresql: `settings` names a fresh database on the session's
 # PostgreSQL (tests/engines.py) instead of a SQLite file; .ci/run runs the suites that
 # pass there a second time so.
-TEST_STORAGE = os.environ.get("TRACKER_TEST_STORAGE", "sqlite")
+TEST_STORAGE = os.environ.get("TEST_TRACKER_STORAGE", "sqlite")
 
 sqlite_only = pytest.mark.skipif(
-    TEST_STORAGE != "sqlite", reason="SQLite only (TRACKER_TEST_STORAGE names another engine)"
+    TEST_STORAGE != "sqlite", reason="SQLite only (TEST_TRACKER_STORAGE names another engine)"
 )
 
 
