@@ -26,9 +26,11 @@ from tracker.server import serve
 from tracker.store import devices, instances
 
 # TEST_TRACKER_STORAGE=postgresql: `settings` names a fresh database on the session's
-# PostgreSQL (tests/engines.py) instead of a SQLite file; .ci/run runs the suites that
-# pass there a second time so.
+# PostgreSQL (tests/engines.py) instead of a SQLite file; TEST_TRACKER_BROKER=redis: a
+# redis-server of the test's own as broker.url. .ci/run runs the suites that pass there
+# a second time so. (Not TRACKER_...: the config refuses unknown TRACKER_ variables.)
 TEST_STORAGE = os.environ.get("TEST_TRACKER_STORAGE", "sqlite")
+TEST_BROKER = os.environ.get("TEST_TRACKER_BROKER", "")
 
 sqlite_only = pytest.mark.skipif(
     TEST_STORAGE != "sqlite", reason="SQLite only (TEST_TRACKER_STORAGE names another engine)"
@@ -40,9 +42,11 @@ def settings(tmp_path, request) -> Settings:
     storage = {"path": str(tmp_path / "tracker.db")}
     if TEST_STORAGE == "postgresql":
         storage["url"] = request.getfixturevalue("postgres_url")
+    broker = {"url": request.getfixturevalue("redis_server").url} if TEST_BROKER == "redis" else {}
     return Settings().replace(
         server={"host": "127.0.0.1", "port": 0, "public_url": "http://tracker.test"},
         storage=storage,
+        broker=broker,
         auth={"jwt_secret": secrets.token_urlsafe(48)},
     )
 

@@ -156,3 +156,55 @@ async def test_one_device_through_two_processes_at_once_gives_one_trip_and_no_du
         assert trips.status_code == 200
         assert trips.json()["total"] == 1
         assert trips.json()["items"][0]["waypoint_count"] == 100
+
+
+@pytest.fixture
+def own_postgres():
+    """A PostgreSQL of this test's own, since the test stops it."""
+    from tests.engines import PostgresServer
+
+    server = PostgresServer()
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+
+
+async def test_postgresql_going_away_answers_503_and_storing_resumes_when_it_is_back(
+    own_postgres, settings
+):
+    from tests.conftest import make_tenant
+    from tracker.app import create_app
+
+    settings = settings.replace(storage={"url": own_postgres.create_database("outage")})
+    app = create_app(settings)
+    tenant = make_tenant(app.extensions["tracker"], "Alpha")
+    path = f"/api/v1/devices/{tenant.device_token}/positions"
+    headers = {"X-Ingest-Key": tenant.ingest_key}
+    now = time.time()
+
+    def fix(offset: float) -> dict:
+        return {"positions": [{"latitude": 47.0, "longitude": 8.5, "timestamp": now + offset}]}
+
+    async with app.test_app() as test_app:
+        client = test_app.test_client()
+        assert (await client.post(path, json=fix(0), headers=headers)).status_code == 201
+
+        own_postgres.halt()
+        refused = await client.post(path, json=fix(1), headers=headers)
+        assert refused.status_code == 503
+        assert (await refused.get_json())["error"]["code"] == "storage_unavailable"
+        assert "Retry-After" in refused.headers
+        ready = await client.get("/api/v1/health/ready")
+        assert ready.status_code == 503
+
+        own_postgres.resume()
+        with trio.fail_after(30):  # as a phone resends: stored once the database is back
+            while (await client.post(path, json=fix(1), headers=headers)).status_code != 201:
+                await trio.sleep(0.2)
+        latest = await client.get(
+            f"/api/v1/devices/{tenant.device_token}/position", headers=bearer(tenant.read_token)
+        )
+        assert latest.status_code == 200
+        assert (await latest.get_json())["timestamp"] == pytest.approx(now + 1)
