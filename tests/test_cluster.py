@@ -120,6 +120,7 @@ async def cluster(tmp_path, redis_server):
         "TRACKER_AUTH_JWT_SECRET": "s" * 48,
         "TRACKER_SERVER_TRUSTED_PROXIES": '["127.0.0.1"]',
         "TRACKER_SHARING_PUSH_INTERVAL_SECONDS": "0",
+        "TRACKER_SHARING_EXPIRY_SWEEP_SECONDS": "1",
     }
     processes = []
     for number in range(PROCESSES):
@@ -148,6 +149,13 @@ async def cluster(tmp_path, redis_server):
         for process in processes:
             if process.process is not None and process.process.poll() is None:
                 process.stop(signal.SIGTERM)
+
+
+@dataclass
+class Worker:
+    """One of `serve --workers`' processes, known by its URL alone."""
+
+    url: str
 
 
 class Poster:
@@ -182,16 +190,22 @@ def direct(process: ServerProcess | Worker) -> httpx.AsyncClient:
 
 
 async def open_watcher(
-    cluster: Cluster, nursery: trio.Nursery, *, via: ServerProcess | None = None
+    cluster: Cluster,
+    nursery: trio.Nursery,
+    *,
+    via: ServerProcess | Worker | None = None,
+    events: bool = False,
 ):
     """A dispatcher's /ws/realtime, through nginx (or straight to one process), welcomed."""
     tenant = cluster.tenant
     ws = await nursery.start(_websocket, cluster, "/ws/realtime", via)
-    await ws.send_message(
-        json.dumps(
-            {"type": "authenticate", "jwt": tenant.read_token, "instance_id": tenant.instance_id}
-        )
-    )
+    authenticate = {
+        "type": "authenticate",
+        "jwt": tenant.read_token,
+        "instance_id": tenant.instance_id,
+        "events": events,
+    }
+    await ws.send_message(json.dumps(authenticate))
     with trio.fail_after(WAIT_SECONDS):
         assert json.loads(await ws.get_message())["type"] == "welcome"
     return ws
@@ -361,11 +375,32 @@ async def test_a_killed_process_loses_no_acknowledged_write_and_its_watchers_res
     assert set(poster.acknowledged) <= cluster.stored_timestamps()
 
 
-@dataclass
-class Worker:
-    """One of `serve --workers`' processes, known by its URL alone."""
-
-    url: str
+async def test_the_sweepers_of_three_processes_expire_each_session_exactly_once(cluster, nursery):
+    tenant = cluster.tenant
+    watcher = await open_watcher(cluster, nursery, events=True)
+    session_ids = []
+    async with cluster.proxy.client() as http:  # nginx spreads them over the processes
+        assert await Poster(cluster).post(http) is not None
+        for _ in range(PROCESSES):
+            response = await http.post(
+                "/sharing/sessions",
+                json={"device_token": tenant.device_token, "expires_in_hours": 2 / 3600},
+                headers=bearer(tenant.admin_token),
+            )
+            assert response.status_code == 201, response.text
+            session_ids.append(response.json()["id"])
+    told: list[str] = []
+    with trio.move_on_after(8):  # a few sweeps of every process after the expiry
+        while True:
+            message = json.loads(await watcher.get_message())
+            if message["type"] == "event" and message["event"]["type"] == "share.expired":
+                told.append(message["event"]["data"]["id"])
+    assert sorted(told) == sorted(session_ids)
+    with sqlite3.connect(cluster.db_path) as conn:
+        stored = [
+            row[0] for row in conn.execute("SELECT data FROM events WHERE type = 'share.expired'")
+        ]
+    assert sorted(json.loads(data)["id"] for data in stored) == sorted(session_ids)
 
 
 def two_free_ports() -> int:
@@ -447,3 +482,33 @@ def test_serve_workers_without_a_broker_is_refused_in_one_line(tmp_path):
         " only through a broker: set broker.url (TRACKER_BROKER_URL) to a Redis server, e.g."
         " redis://127.0.0.1:6379/0"
     ]
+
+
+def test_a_second_process_on_the_database_without_a_broker_is_refused_in_one_line(tmp_path):
+    first = ServerProcess(tmp_path)
+    first.start()
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "tracker", "serve", "--port", str(free_port())],
+            cwd=tmp_path,
+            env=first.env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    finally:
+        first.stop(signal.SIGTERM)
+    assert result.returncode == 2
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith(f"tracker: another tracker process (pid {first.process.pid} on ")
+    assert "set broker.url (TRACKER_BROKER_URL)" in line
+
+
+def test_a_process_killed_without_a_clean_stop_can_be_started_again_at_once(tmp_path):
+    first = ServerProcess(tmp_path)
+    first.start()
+    first.process.kill()  # its leases stay in the table until they lapse
+    first.process.wait(timeout=10)
+    again = ServerProcess(tmp_path)
+    again.start()
+    assert again.stop(signal.SIGTERM) == 0

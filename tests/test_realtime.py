@@ -9,6 +9,7 @@ from trio_websocket import ConnectionClosed, ConnectionRejected, open_websocket_
 from wsproto.events import TextMessage
 
 from tests.conftest import raw_websocket, start_server
+from tracker.api import realtime
 from tracker.hub import instance_topic
 from tracker.models import Position
 from tracker.store import devices
@@ -90,6 +91,34 @@ async def test_a_fix_in_the_snapshot_is_not_sent_again_when_its_publish_comes_la
         snapshot = await receive(ws)
         assert (snapshot["Lat"], snapshot["Timestamp"]) == (51.5, int(NOW - 5))
         tracker.hub.publish_fix(committed)  # the late publish of the same fix
+        await tracker.writer.submit(fleet.a.device_token, [fix(51.6, -0.1, NOW - 1)])
+        live = await receive(ws)
+        assert (live["Lat"], live["Timestamp"]) == (51.6, int(NOW - 1))
+
+
+async def test_a_fix_published_while_the_client_connects_is_sent_once_not_lost(
+    server, tracker, fleet, monkeypatch
+):
+    """The writer's publish of a fix reaches a connecting client before its snapshot is
+    queued: the pending live fix goes out instead of the snapshot row of the same fix
+    (one shared snapshot for every client; this client's exception is its own)."""
+    late: list = []
+    monkeypatch.setattr(tracker.writer.hub, "publish_fix", late.append)
+    await tracker.writer.submit(fleet.a.device_token, [fix(51.5, -0.12, NOW - 5)])
+    monkeypatch.undo()
+    [committed] = late
+    read_snapshot = realtime.Snapshots.fixes
+
+    async def publish_then_read(self, instance_id):
+        tracker.hub.publish_fix(committed)  # subscribed already: it lands in the mailbox
+        await trio.sleep(0.2)  # the hub's pump delivers it
+        return await read_snapshot(self, instance_id)
+
+    monkeypatch.setattr(realtime.Snapshots, "fixes", publish_then_read)
+    async with open_websocket_url(f"{server.ws}/ws/realtime") as ws:
+        await authenticate(ws, fleet.a.read_token, fleet.a.instance_id)
+        first = await receive(ws)
+        assert (first["Lat"], first["Timestamp"]) == (51.5, int(NOW - 5))
         await tracker.writer.submit(fleet.a.device_token, [fix(51.6, -0.1, NOW - 1)])
         live = await receive(ws)
         assert (live["Lat"], live["Timestamp"]) == (51.6, int(NOW - 1))

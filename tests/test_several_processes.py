@@ -157,3 +157,39 @@ async def test_redis_restarted_mid_stream_ingest_goes_on_and_positions_flow_agai
     latitude = await poster.post(cluster.second)
     with trio.fail_after(WAIT_SECONDS):
         assert await next_latitude(ws) == latitude
+
+
+async def test_a_share_cancelled_while_redis_is_down_ends_the_page_once_it_is_back(
+    cluster, redis_server, nursery
+):
+    fleet = cluster.fleet
+    admin = cluster.first.cli(
+        "token", "create", "--instance", fleet.instance_id, "--scope", "admin"
+    ).strip()
+    poster = Poster(cluster)
+    await poster.post(cluster.second)
+    async with httpx.AsyncClient(base_url=cluster.second.url + "/api/v1", timeout=10) as http:
+        response = await http.post(
+            "/sharing/sessions",
+            json={"device_token": fleet.device_token, "instance_id": fleet.instance_id},
+            headers={"Authorization": f"Bearer {admin}"},
+        )
+        assert response.status_code == 201, response.text
+        session = response.json()
+        url = cluster.first.url.replace("http://", "ws://")
+        viewer = await nursery.start(_open, f"{url}/api/v1/share/{session['share_token']}/live")
+        with trio.fail_after(WAIT_SECONDS):
+            assert json.loads(await viewer.get_message())["type"] == "position"
+
+        redis_server.stop()  # the cancel's message to the viewer's process is lost
+        cancelled = await http.delete(
+            f"/sharing/sessions/{session['id']}", headers={"Authorization": f"Bearer {admin}"}
+        )
+        assert cancelled.status_code == 200
+        redis_server.start()
+    with trio.fail_after(WAIT_SECONDS):  # the first process resyncs: reads the session again
+        while True:
+            message = json.loads(await viewer.get_message())
+            if message["type"] == "session_ended":
+                assert message["reason"] == "cancelled"
+                break

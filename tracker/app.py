@@ -18,7 +18,7 @@ from quart_schema import QuartSchema
 from quart_trio import QuartTrio
 from quart_trio.wrappers import TrioRequest
 
-from tracker import __version__, jsoncodec
+from tracker import __version__, expiry, jsoncodec, retention, webhooks
 from tracker.api.schemas import TrackerOpenAPIProvider
 from tracker.auth import GENERATED_SECRET_NAME, TokenVerifier
 from tracker.broker import open_broker
@@ -27,16 +27,14 @@ from tracker.config import Settings
 from tracker.connlimit import PerAddressLimit
 from tracker.context import Tracker
 from tracker.errors import BadRequest, UnsupportedMediaType, register_error_handlers
-from tracker.expiry import run_sweeper
 from tracker.hotroutes import HotRoutes
 from tracker.hub import Hub
 from tracker.ingest.mqtt import MqttIngest
+from tracker.leases import LeaseHolder, new_holder
 from tracker.metrics import Metrics
 from tracker.ratelimit import RateLimiter
-from tracker.retention import run_pruner
 from tracker.sendguard import GuardedResponses
 from tracker.store import Database, open_database, server_keys
-from tracker.webhooks import Dispatcher
 from tracker.websocket import Connection, Handler, WebSocketRouter
 from tracker.writer import Writer
 
@@ -269,7 +267,10 @@ async def run_background(
     tracker: Tracker, *, task_status: trio.TaskStatus[trio.CancelScope] = trio.TASK_STATUS_IGNORED
 ) -> None:
     """The long-lived tasks (hub pump, writer, keepalive, webhook dispatcher, pruner, sweepers,
-    MQTT); cancelled together."""
+    MQTT); cancelled together. The dispatcher, the pruner and the sweeper run only while this
+    process holds their lease (tracker/leases.py); one process alone takes them all at start."""
+    settings = tracker.settings
+    leases = LeaseHolder(tracker.db, new_holder(), take_over_at_start=not settings.broker.url)
     try:
         with trio.CancelScope() as scope:
             async with trio.open_nursery() as nursery:
@@ -281,16 +282,29 @@ async def run_background(
                 await nursery.start(
                     tracker.keepalive.run, tracker.settings.realtime.ping_interval_seconds
                 )
-                await nursery.start(
-                    Dispatcher(tracker.db, tracker.hub, tracker.settings.webhooks).run
-                )
-                nursery.start_soon(run_pruner, tracker.db, tracker.settings.storage.retention_days)
                 nursery.start_soon(
-                    run_sweeper,
-                    tracker.db,
-                    tracker.broker,
-                    tracker.settings.trips.split_gap_seconds,
-                    tracker.settings.console.offline_after_seconds,
+                    leases.run,
+                    webhooks.LEASE,
+                    lambda: webhooks.Dispatcher(
+                        tracker.db, tracker.hub, settings.webhooks, leases.holder
+                    ).run(),
+                )
+                if settings.storage.retention_days > 0:
+                    nursery.start_soon(
+                        leases.run,
+                        retention.LEASE,
+                        lambda: retention.run_pruner(tracker.db, settings.storage.retention_days),
+                    )
+                nursery.start_soon(
+                    leases.run,
+                    expiry.LEASE,
+                    lambda: expiry.run_sweeper(
+                        tracker.db,
+                        tracker.broker,
+                        settings.trips.split_gap_seconds,
+                        settings.console.offline_after_seconds,
+                        settings.sharing.expiry_sweep_seconds,
+                    ),
                 )
                 ingest = tracker.settings.ingest
                 if ingest.mqtt_broker is not None:

@@ -124,7 +124,12 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> None:
     from tracker.server import log_serving, serve
 
     settings = _listen_overrides(args, settings)
-    _open_database(settings).close()  # a path that cannot be opened is told in one line
+    db = _open_database(settings)  # a path that cannot be opened is told in one line
+    try:
+        if args.workers == 1:
+            _refuse_sharing_without_broker(db, settings)
+    finally:
+        db.close()
     if args.workers > 1:
         _serve_workers(args, settings)
         return
@@ -136,6 +141,22 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> None:
             log_serving(binds, settings)
 
     _serve_until_stopped(run, settings)
+
+
+def _refuse_sharing_without_broker(db: Database, settings: Settings) -> None:
+    """Several processes on one database need a broker: without one, a second is refused."""
+    from tracker.leases import other_live_processes
+
+    if settings.broker.url:
+        return
+    others = other_live_processes(db)
+    if others:
+        host, _, rest = others[0].partition(":")
+        raise CommandError(
+            f"another tracker process (pid {rest.partition(':')[0]} on {host}) serves this"
+            " database, and several processes share live positions only through a broker:"
+            " stop it, or set broker.url (TRACKER_BROKER_URL) to a Redis server for all of them"
+        )
 
 
 def _serve_workers(args: argparse.Namespace, settings: Settings) -> None:

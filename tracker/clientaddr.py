@@ -34,7 +34,7 @@ on a header's content.
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from functools import lru_cache
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -122,7 +122,9 @@ class ClientAddress:
         self.inner = inner
         self.proxies = TrustedProxies(trusted_proxies)
 
-    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+    def __call__(self, scope: dict, receive: Callable, send: Callable) -> Awaitable[None]:
+        # A plain function returning the inner app's coroutine: no frame of its own
+        # stays alive for the life of every connection (issue #20, memory).
         peer = scope.get("client")
         if scope["type"] in ("http", "websocket") and peer and self.proxies.classify(peer[0])[1]:
             forwarded_for, forwarded = _proxy_headers(scope.get("headers", ()))
@@ -132,7 +134,7 @@ class ClientAddress:
                 scope = {**scope, "client": (address, 0)}
         # receive and send pass through untouched: the WebSocket fast path
         # finds Hypercorn's stream through send (websocket.py).
-        await self.inner(scope, receive, send)
+        return self.inner(scope, receive, send)
 
 
 def _proxy_headers(headers: Iterable[tuple[bytes, bytes]]) -> tuple[str | None, str | None]:

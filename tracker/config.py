@@ -235,6 +235,9 @@ class SharingSettings(_Section):
     arrival_radius_m: float = Field(75, ge=0)
     rate_limit_per_minute: int = Field(60, ge=1)
     max_expires_in_hours: float = Field(168, gt=0)
+    # How often overdue sessions are stored as expired (share.expired); the same round
+    # looks for quiet devices and ended trips (device.offline, trip.ended).
+    expiry_sweep_seconds: float = Field(30, gt=0, le=3600)
     tile_url: str = "https://tile.openstreetmap.org/{z}/{x}/{y}.png"
     tile_attribution: str = "© OpenStreetMap contributors"
 

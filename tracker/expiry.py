@@ -5,7 +5,8 @@ each live viewer has its own deadline at `expires_at`; this task makes the
 stored status catch up, so lists and filters agree, emitting `share.expired`
 (tracker/events.py), which says goodbye to any viewer still listening. The
 same round finds devices gone silent (`device.offline`) and trips whose
-split gap passed (`trip.ended`).
+split gap passed (`trip.ended`). With several processes, one runs it at a
+time: whichever holds the lease `LEASE` (tracker/leases.py).
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ from tracker.broker import Publisher
 from tracker.errors import StorageUnavailable
 from tracker.store import Database
 
-SWEEP_EVERY_SECONDS = 30
+SWEEP_EVERY_SECONDS = 30  # sharing.expiry_sweep_seconds, by default
+LEASE = "sweeper"
 
 
 async def sweep_once(db: Database, hub: Publisher, now: float | None = None) -> list[str]:
@@ -48,10 +50,14 @@ async def sweep_quiet_once(
 
 
 async def run_sweeper(
-    db: Database, hub: Publisher, split_gap_seconds: float = 300, offline_after_seconds: float = 600
+    db: Database,
+    hub: Publisher,
+    split_gap_seconds: float = 300,
+    offline_after_seconds: float = 600,
+    every_seconds: float = SWEEP_EVERY_SECONDS,
 ) -> None:
     while True:
         with contextlib.suppress(StorageUnavailable):  # the store logged it; next round retries
             await sweep_once(db, hub)
             await sweep_quiet_once(db, hub, split_gap_seconds, offline_after_seconds)
-        await trio.sleep(SWEEP_EVERY_SECONDS)
+        await trio.sleep(every_seconds)

@@ -3,7 +3,8 @@
 Runs in the app's nursery; deletes in small batches so that the writer (and
 with it ingest) never waits long behind one large DELETE. A device's latest
 position is kept whatever its age, so a parked device still shows where it
-is. `retention_days = 0` keeps everything.
+is. `retention_days = 0` keeps everything. With several processes, one prunes at
+a time: whichever holds the lease `LEASE` (tracker/leases.py).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ log = logging.getLogger("tracker.retention")
 
 PRUNE_EVERY_SECONDS = 3600
 BATCH_ROWS = 5000
+LEASE = "retention"
 
 
 async def prune_once(db: Database, retention_days: int, now: float | None = None) -> int:

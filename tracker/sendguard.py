@@ -23,7 +23,7 @@ last send:
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import trio
 
@@ -35,13 +35,16 @@ class GuardedResponses:
     def __init__(self, inner: Callable):
         self.inner = inner
 
-    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+    def __call__(self, scope: dict, receive: Callable, send: Callable) -> Awaitable[None]:
         # WebSockets are left alone: their fast path needs Hypercorn's own send
-        # (tracker/websocket.py), which catches the same errors itself.
+        # (tracker/websocket.py), which catches the same errors itself. Their
+        # coroutine is returned, not awaited here: no frame of this middleware stays
+        # alive for the life of every WebSocket (issue #20, memory).
         if scope["type"] != "http":
-            await self.inner(scope, receive, send)
-            return
+            return self.inner(scope, receive, send)
+        return self._guarded(scope, receive, send)
 
+    async def _guarded(self, scope: dict, receive: Callable, send: Callable) -> None:
         gone = False
 
         async def guarded_send(message: dict) -> None:

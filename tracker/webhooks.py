@@ -19,6 +19,14 @@ or a 429 is retried with exponential back-off and jitter (honouring
 Any other answer outside 2xx (a 4xx, a redirect) is final: logged, and the
 next event goes.
 
+With several processes, one delivers at a time: whichever holds the lease
+`LEASE` (tracker/leases.py), which stops its dispatcher before the lease can
+pass to another. As a second guard, an attempt is recorded (the cursor moved,
+the retry planned, the log written) only in a transaction that finds this
+process still holding the lease; a dispatcher that lost it stops without
+touching the cursor, and the new holder sends that event again, as after a
+kill -9 (receivers deduplicate by `webhook-id`).
+
 The guard: a URL must be http(s) without credentials; its host is resolved
 and refused when any address is loopback, private, link-local (cloud
 metadata), multicast or otherwise not global, unless
@@ -53,6 +61,7 @@ from tracker.events import OUTBOX_TOPIC, Event, envelope
 from tracker.hub import Hub, Mailbox
 from tracker.store import Database
 from tracker.store import events as events_store
+from tracker.store import leases as leases_store
 from tracker.store import webhooks as webhooks_store
 from tracker.store.webhooks import Delivery, Webhook
 
@@ -65,8 +74,10 @@ RESOLVE_TIMEOUT_SECONDS = 5.0
 BACKOFF_FIRST_SECONDS = 1.0
 BACKOFF_MAX_SECONDS = 15 * 60
 RETRY_AFTER_MAX_SECONDS = 6 * 3600
+LEASE = "webhooks"
 
 DELIVERED, RETRYING, FAILED, DISABLED = "delivered", "retrying", "failed", "disabled"
+LEASE_LOST = "lease lost"  # not recorded: another process delivers from now on
 
 
 class UnsafeTarget(Exception):
@@ -173,10 +184,14 @@ def _pinned(url: str, address: str) -> tuple[str, str, str]:
 class Dispatcher:
     """Delivers the outbox to every enabled webhook: one task per webhook with work."""
 
-    def __init__(self, db: Database, hub: Hub, settings: WebhookSettings):
+    def __init__(
+        self, db: Database, hub: Hub, settings: WebhookSettings, lease_holder: str | None = None
+    ):
         self.db = db
         self.hub = hub
         self.settings = settings
+        self.lease_holder = lease_holder  # set: record attempts only while it holds LEASE
+        self._lease_lost = False  # then nothing more starts; tracker/leases.py stops the run
         self._running: set[str] = set()
         self._again: set[str] = set()
         self._client: httpx.AsyncClient | None = None
@@ -199,6 +214,8 @@ class Dispatcher:
                         await nudges.take()
 
     async def _start_due(self, nursery: trio.Nursery) -> None:
+        if self._lease_lost:
+            return
         try:
             webhooks = await self.db.read(webhooks_store.enabled)
         except StorageUnavailable:  # the store logged it; the next round retries
@@ -234,7 +251,11 @@ class Dispatcher:
                         self._again.discard(webhook_id)
                         continue
                     return
-                if await self._attempt(webhook, event) in (RETRYING, DISABLED):
+                outcome = await self._attempt(webhook, event)
+                if outcome == LEASE_LOST:
+                    log.warning("webhook delivery: lease lost, %s stops here", LEASE)
+                    self._lease_lost = True
+                if outcome in (RETRYING, DISABLED, LEASE_LOST):
                     return  # the main loop starts this webhook again when it is due
         except Exception:
             log.exception("webhook %s: delivery task failed; retried next round", webhook_id)
@@ -274,6 +295,7 @@ class Dispatcher:
             error,
             retry_after,
             self.settings.retry_hours * 3600,
+            self.lease_holder,
         )
 
     async def _post(
@@ -320,8 +342,11 @@ def _record(
     error: str | None,
     retry_after: float | None,
     retry_window_seconds: float,
+    lease_holder: str | None = None,
 ) -> str:
     """Log the attempt and move the webhook on: next event, retry later, or disabled."""
+    if lease_holder is not None and not leases_store.held_by(conn, LEASE, lease_holder):
+        return LEASE_LOST
     if webhooks_store.get(conn, webhook.id) is None:
         return DISABLED  # deleted during the attempt: nothing to log it in
     attempt = webhooks_store.attempts_at(conn, webhook.id, event.id) + 1

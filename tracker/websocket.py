@@ -47,7 +47,7 @@ import math
 import os
 import random
 import re
-from collections.abc import Awaitable, Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 import trio
@@ -173,15 +173,21 @@ class Connection:
         self._frames: Callable[[list[Any]], Iterable[Frame]] | None = None  # of run_sender
         self.meter: WebSocketMeter | None = None  # its endpoint's counters (`metered`)
 
-    @contextlib.contextmanager
-    def metered(self, meter: WebSocketMeter) -> Iterator[None]:
-        """Count this connection as open, and what it sends, on its endpoint's meter."""
+    def metered(self, meter: WebSocketMeter) -> Connection:
+        """Count this connection as open, and what it sends, on its endpoint's meter:
+        `with connection.metered(meter):` (the connection is its own context manager,
+        so an open connection does not hold a generator for it)."""
         self.meter = meter
-        meter.open += 1
-        try:
-            yield
-        finally:
-            meter.open -= 1
+        return self
+
+    def __enter__(self) -> Connection:
+        if self.meter is not None:
+            self.meter.open += 1
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self.meter is not None:
+            self.meter.open -= 1
 
     def header(self, name: bytes) -> str | None:
         """A request header of the handshake (name in lower case), or None."""
@@ -402,16 +408,16 @@ class Keepalive:
         self._connections: set[Connection] = set()
         self.interval = math.inf
 
-    @contextlib.contextmanager
-    def watching(self, connection: Connection) -> Iterator[None]:
+    def watch(self, connection: Connection) -> None:
+        """Keep this connection alive until `forget` (plain calls, not a context manager:
+        an open connection does not hold a generator for it)."""
         # The first ping somewhere in the interval: clients that connected together
         # (a restart) are pinged, and answer, spread out rather than all at once.
         connection.ping_due = trio.current_time() + self.interval * random.uniform(0.5, 1.0)
         self._connections.add(connection)
-        try:
-            yield
-        finally:
-            self._connections.discard(connection)
+
+    def forget(self, connection: Connection) -> None:
+        self._connections.discard(connection)
 
     async def run(
         self, interval: float, *, task_status: trio.TaskStatus = trio.TASK_STATUS_IGNORED
@@ -494,11 +500,14 @@ async def run_connection(
         finally:
             connection.end()
 
-    with keepalive.watching(connection):
+    keepalive.watch(connection)
+    try:
         async with trio.open_nursery() as nursery:
             connection.cancel_scope = nursery.cancel_scope
             nursery.start_soon(receiver)
             nursery.start_soon(run_sender)
+    finally:
+        keepalive.forget(connection)
 
 
 def json_message(text: str) -> dict[str, Any] | None:
@@ -528,21 +537,21 @@ class WebSocketRouter:
             for pattern, handler in self.routes:
                 match = pattern.fullmatch(scope["path"])
                 if match:
-                    await self._serve(handler, Connection(scope, receive, send), match.groupdict())
+                    # Served here, not in a method of its own: one coroutine frame
+                    # less for every open connection.
+                    connection = Connection(scope, receive, send)
+                    with trio.CancelScope() as cancel_scope:
+                        self.open[connection] = cancel_scope
+                        try:
+                            await handler(connection, match.groupdict())
+                        except Disconnected:
+                            return
+                        finally:
+                            del self.open[connection]
+                    # Returning with the socket open would make Hypercorn close it as 1011.
+                    await connection.close(NORMAL)
                     return
         await self.inner(scope, receive, send)
-
-    async def _serve(self, handler: Handler, connection: Connection, params: dict) -> None:
-        with trio.CancelScope() as scope:
-            self.open[connection] = scope
-            try:
-                await handler(connection, params)
-            except Disconnected:
-                return
-            finally:
-                del self.open[connection]
-        # Returning with the socket open would make Hypercorn close it as 1011.
-        await connection.close(NORMAL)
 
     async def close_all(self) -> None:
         """Close every open connection with 1001 (server going away), all at once."""

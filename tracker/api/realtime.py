@@ -29,6 +29,7 @@ whole frame of a `position` message, and the JSON that batches join.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import math
 import weakref
@@ -70,6 +71,7 @@ SNAPSHOT_OVERLAP_SECONDS = 30.0  # how long a snapshot fix may still come again 
 SNAPSHOT_ON_LOOP_MAX_ROWS = 200  # larger snapshots are read in a worker thread (~5 us a row)
 SNAPSHOT_MAX_INSTANCES = 10_000  # snapshots kept at once (all of the current data_version)
 UNITS = ("metric", "imperial")
+_NO_SUBSCRIPTION = contextlib.nullcontext()  # reentrant: one for every connection
 
 
 class StreamRefused(Exception):
@@ -211,7 +213,23 @@ def _authenticate(tracker: Tracker, message: dict[str, Any]) -> tuple[Principal,
     with_events = message.get("events", False)
     if not isinstance(with_events, bool):
         raise StreamRefused(INVALID_MESSAGE, "events must be true or false")
-    return principal, instance_id, StreamFormat(units, style, batch, with_events)
+    return principal, instance_id, _stream_format(units, style, batch, with_events)
+
+
+STREAM_FORMATS_KEPT = 1_024  # distinct formats kept for reuse (a handful in practice)
+_stream_formats: dict[tuple, StreamFormat] = {}
+
+
+def _stream_format(units: str, style: TimeStyle, batch: bool, events: bool) -> StreamFormat:
+    """The subscriber's format, one object (and one pair of cache keys) per distinct format:
+    an idle subscriber holds a reference, not its own copy (issue #20, memory)."""
+    key = (units, style.timezone, style.date_format, batch, events)
+    stream_format = _stream_formats.get(key)
+    if stream_format is None:
+        if len(_stream_formats) >= STREAM_FORMATS_KEPT:
+            _stream_formats.clear()
+        stream_format = _stream_formats[key] = StreamFormat(units, style, batch, events)
+    return stream_format
 
 
 def _origin_allowed(tracker: Tracker, origin: str | None) -> bool:
@@ -268,7 +286,7 @@ async def realtime_stream(tracker: Tracker, connection: Connection) -> None:
         (
             tracker.hub.subscribe(events_topic(instance_id), connection.mailbox)
             if stream_format.events
-            else contextlib.nullcontext()
+            else _NO_SUBSCRIPTION
         ),
     ):
         connection.post(
@@ -287,8 +305,7 @@ async def realtime_stream(tracker: Tracker, connection: Connection) -> None:
         )
         # The sender has not started: every live fix published since subscribing is
         # still pending, so the snapshot never overtakes a newer one.
-        snapshot = await _queue_snapshot(tracker, connection, instance_id)
-        frames = _after_snapshot(stream_format.frames, snapshot)
+        frames = await _queue_snapshot(tracker, connection, instance_id, stream_format.frames)
 
         async def on_message(message: dict[str, Any]) -> None:
             if message.get("type") != "subscribe":
@@ -307,7 +324,7 @@ async def realtime_stream(tracker: Tracker, connection: Connection) -> None:
 
         await run_connection(
             connection,
-            sender=lambda: connection.run_sender(frames),
+            sender=functools.partial(connection.run_sender, frames),  # (lighter than a lambda)
             on_message=on_message,
             keepalive=tracker.keepalive,
         )
@@ -331,23 +348,25 @@ def _device_filter(value: Any) -> frozenset[str] | None | bool:
 
 
 async def _queue_snapshot(
-    tracker: Tracker, connection: Connection, instance_id: str
-) -> dict[str, LiveFix]:
-    """Queue the instance's snapshot behind what the (already subscribed) mailbox holds;
-    returns the fixes queued, by device."""
-    queued = {}
-    for fix in await _snapshots(tracker.db).fixes(instance_id):
-        pending = connection.mailbox.peek(fix.device_token)
-        if isinstance(pending, LiveFix) and pending.position.timestamp >= fix.position.timestamp:
-            continue
-        connection.mailbox.put(fix.device_token, fix)
-        queued[fix.device_token] = fix
-    return queued
-
-
-def _after_snapshot(
-    frames: Callable[[list[Any]], Iterator[Frame]], snapshot: dict[str, LiveFix]
+    tracker: Tracker,
+    connection: Connection,
+    instance_id: str,
+    frames: Callable[[list[Any]], Iterator[Frame]],
 ) -> Callable[[list[Any]], Iterator[Frame]]:
+    """Queue the instance's snapshot behind what the (already subscribed) mailbox holds;
+    returns frames, filtered so that no snapshot fix is sent a second time."""
+    snapshot = await _snapshots(tracker.db).fixes(instance_id)
+    after = AfterSnapshot(frames, snapshot)
+    for device_token, fix in snapshot.items():
+        pending = connection.mailbox.peek(device_token)
+        if isinstance(pending, LiveFix) and pending.position.timestamp >= fix.position.timestamp:
+            after.moved_on(device_token)  # its snapshot fix is not sent: nothing to filter
+            continue
+        connection.mailbox.put(device_token, fix)
+    return after
+
+
+class AfterSnapshot:
     """frames, never sending a device's snapshot fix a second time.
 
     The snapshot can hold a fix that the writer committed but has not yet
@@ -356,30 +375,51 @@ def _after_snapshot(
     the device's snapshot fix is that one again, and is dropped. The writer
     publishes as soon as its commit returns, so after SNAPSHOT_OVERLAP_SECONDS
     the check stops (the stream is then all new).
+
+    Kept for every connection, so it is small (issue #20, memory per idle
+    WebSocket): the snapshot is the dict shared by every connection that got
+    it (`Snapshots`), not a copy; the devices this connection has moved past
+    are a set made only when the first one does; both are let go when the
+    overlap ends. The object itself is the sender's frames (no closure).
     """
-    until = trio.current_time() + SNAPSHOT_OVERLAP_SECONDS
 
-    def render(items: list[Any]) -> Iterator[Frame]:
-        if snapshot:
-            if trio.current_time() > until:
-                snapshot.clear()
+    __slots__ = ("_frames", "_snapshot", "_moved_on", "_until")
+
+    def __init__(
+        self, frames: Callable[[list[Any]], Iterator[Frame]], snapshot: dict[str, LiveFix]
+    ):
+        self._frames = frames
+        self._snapshot: dict[str, LiveFix] | None = snapshot or None
+        self._moved_on: set[str] | None = None  # devices whose snapshot fix no longer filters
+        self._until = trio.current_time() + SNAPSHOT_OVERLAP_SECONDS
+
+    def moved_on(self, device_token: str) -> None:
+        """From here on, every fix of this device is new to this connection."""
+        if self._moved_on is None:
+            self._moved_on = set()
+        self._moved_on.add(device_token)
+
+    def __call__(self, items: list[Any]) -> Iterator[Frame]:
+        if self._snapshot is not None:
+            if trio.current_time() > self._until:
+                self._snapshot = self._moved_on = None
             else:
-                items = [item for item in items if not _seen_in_snapshot(item, snapshot)]
-        return frames(items)
+                items = [item for item in items if not self._seen_in_snapshot(item)]
+        return self._frames(items)
 
-    return render
-
-
-def _seen_in_snapshot(item: Any, snapshot: dict[str, LiveFix]) -> bool:
-    if not isinstance(item, LiveFix):
+    def _seen_in_snapshot(self, item: Any) -> bool:
+        if not isinstance(item, LiveFix):
+            return False
+        assert self._snapshot is not None
+        sent = self._snapshot.get(item.device_token)
+        if sent is None or item is sent:
+            return False
+        if self._moved_on is not None and item.device_token in self._moved_on:
+            return False
+        if item.position.timestamp <= sent.position.timestamp:
+            return True
+        self.moved_on(item.device_token)  # newer: from here on, this device's stream is new
         return False
-    sent = snapshot.get(item.device_token)
-    if sent is None or item is sent:
-        return False
-    if item.position.timestamp <= sent.position.timestamp:
-        return True
-    del snapshot[item.device_token]  # newer: from here on, the stream is all new
-    return False
 
 
 class Snapshots:
@@ -417,12 +457,14 @@ class Snapshots:
         self.db = db
         self.reads = HotReads(db.path)
         self._version: int | None = None  # the version every kept snapshot was read at
-        self._kept: dict[str, list[LiveFix]] = {}
+        self._kept: dict[str, dict[str, LiveFix]] = {}  # by instance, then device
         self._sizes: dict[str, int] = {}  # rows of each instance's last snapshot
         self._reading: dict[str, tuple[int, trio.Event]] = {}  # reads in flight
 
-    async def fixes(self, instance_id: str) -> list[LiveFix]:
-        """The instance's live positions, as of now or later (see the class doc)."""
+    async def fixes(self, instance_id: str) -> dict[str, LiveFix]:
+        """The instance's live positions by device, as of now or later (see the class doc).
+
+        The dict is shared by every caller given it: read it, never change it."""
         version = self.reads.data_version()
         if version is None:
             return await self._read_in_thread(instance_id)
@@ -441,7 +483,7 @@ class Snapshots:
         if self._sizes.get(instance_id, math.inf) <= SNAPSHOT_ON_LOOP_MAX_ROWS:
             rows = self.reads.instance_fixes(instance_id)
         if rows is not None:
-            fixes = [_snapshot_fix(row) for row in rows]
+            fixes = _by_device(rows)
         else:
             done = trio.Event()
             self._reading[instance_id] = (version, done)
@@ -458,9 +500,12 @@ class Snapshots:
             self._kept[instance_id] = fixes
         return fixes
 
-    async def _read_in_thread(self, instance_id: str) -> list[LiveFix]:
-        rows = await self.db.read(positions_store.latest_for_instance, instance_id)
-        return [_snapshot_fix(row) for row in rows]
+    async def _read_in_thread(self, instance_id: str) -> dict[str, LiveFix]:
+        return _by_device(await self.db.read(positions_store.latest_for_instance, instance_id))
+
+
+def _by_device(rows: list[positions_store.DeviceFix]) -> dict[str, LiveFix]:
+    return {row.device_token: _snapshot_fix(row) for row in rows}
 
 
 # One per database (so per app), made on first use and gone with the database.

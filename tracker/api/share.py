@@ -28,6 +28,7 @@ from quart_schema import document_response, operation_id, security_scheme_bluepr
 
 from tracker import jsoncodec
 from tracker.api.schemas import PublicShare, QrCode, document_errors
+from tracker.broker import RESYNC_TOPIC, Resync
 from tracker.context import Tracker, current
 from tracker.errors import Gone, NotFound, RateLimited
 from tracker.hub import LiveFix, device_topic, session_topic
@@ -199,6 +200,7 @@ async def share_stream(tracker: Tracker, connection: Connection, share_token: st
     with (
         tracker.hub.subscribe(device_topic(session.device_token), mailbox),
         tracker.hub.subscribe(session_topic(session.id), mailbox),
+        tracker.hub.subscribe(RESYNC_TOPIC, mailbox),
     ):
         viewer = ShareViewer(tracker, connection, session)
 
@@ -309,10 +311,15 @@ class ShareViewer:
                     elif isinstance(item, SessionEnded):
                         await self._finish(item.reason)
                         return
-                    elif isinstance(item, SessionChanged):
+                    elif isinstance(item, SessionChanged | Resync):
+                        # Resync: this process may have missed the session's end or
+                        # change, or fixes, while the broker was away: read both again.
                         reloaded = await self.tracker.db.read(sessions_store.get, self.session.id)
                         if reloaded is None:
                             await self._finish("cancelled")
+                            return
+                        if effective_status(reloaded) != ACTIVE:
+                            await self._finish(end_reason(reloaded) or "expired")
                             return
                         self.session = reloaded
                         self.pending = None

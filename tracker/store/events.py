@@ -86,6 +86,12 @@ def recent(conn: sqlite3.Connection, instance_id: str, limit: int) -> list[Store
 
 
 def watermark(conn: sqlite3.Connection, name: str) -> float | None:
+    """Where a sweeper looked up to; on PostgreSQL, held until the transaction ends (the
+    sweeper reads and moves it in one write, as SQLite's BEGIN IMMEDIATE serializes)."""
+    if getattr(conn, "dialect", "sqlite") == "postgresql":
+        conn.execute(
+            "SELECT pg_advisory_xact_lock(?, ?)", (pg_schema.LOCK_CLASS, pg_schema.WATERMARKS_LOCK)
+        )
     row = conn.execute("SELECT until FROM event_watermarks WHERE name = ?", (name,)).fetchone()
     return row[0] if row else None
 

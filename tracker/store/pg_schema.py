@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 LOCK_CLASS = 74_221
 MIGRATION_LOCK = 0
 EVENTS_LOCK = 1  # tracker/store/events.py: outbox rows commit in seq order
+WATERMARKS_LOCK = 2  # tracker/store/events.py: one sweep at a time reads and moves them
 DEVICE_LOCK_CLASS = 74_222  # per device, hashtext(token): tracker/store/devices.py
 
 _INITIAL = [
@@ -190,6 +191,14 @@ _INITIAL = [
 # (number, name, statements): the state of SQLite's m001..m009 is number 1.
 MIGRATIONS: list[tuple[int, str, list[str]]] = [
     (1, "initial (as SQLite after m001 to m009)", _INITIAL),
+    (
+        2,
+        "leases (SQLite's m010)",
+        [
+            "CREATE TABLE leases (name TEXT PRIMARY KEY, holder TEXT NOT NULL,"
+            " expires_at DOUBLE PRECISION NOT NULL)"
+        ],
+    ),
 ]
 
 

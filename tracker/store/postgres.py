@@ -11,7 +11,8 @@ PostgreSQL's own durability (`synchronous_commit` is left on).
 
 The store's functions are one set for both engines: they get a
 `PgConnection`, a thin adapter whose `execute` / `executemany` take the
-sqlite3 paramstyle (`?`, rewritten to `%s` once per statement text) and
+sqlite3 paramstyles (`?`, or `:name` with a dict, rewritten to psycopg's
+once per statement text) and
 return psycopg cursors whose rows answer `row[0]` and `row["name"]` like
 `sqlite3.Row`; its `dialect` ("postgresql") lets the few statements that
 cannot be written alike for both engines branch. A unique or foreign-key
@@ -27,10 +28,11 @@ as SQLite's are; anything else is a bug and goes up untouched.
 from __future__ import annotations
 
 import functools
+import re
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TypeVar
 
 import psycopg
@@ -41,6 +43,7 @@ from psycopg import errors as pg_errors
 from tracker.config import redacted_url
 from tracker.errors import StorageUnavailable
 from tracker.store import (
+    BUSY_TIMEOUT_MS,
     PROBE_CACHE_SECONDS,
     READER_CONNECTIONS,
     Database,
@@ -86,10 +89,15 @@ def _row_factory(cursor: psycopg.Cursor) -> Callable[[Sequence], Row]:
     return _row_class(tuple(column.name for column in description))
 
 
+_NAMED = re.compile(r"(?<!:):([A-Za-z_][A-Za-z0-9_]*)")  # :name, not a ::cast
+
+
 @functools.lru_cache(maxsize=2048)
-def _pg_sql(sql: str) -> str:
-    """sqlite3's paramstyle to psycopg's: a literal % doubled, each ? a %s."""
-    return sql.replace("%", "%%").replace("?", "%s")
+def _pg_sql(sql: str, named: bool = False) -> str:
+    """sqlite3's paramstyles to psycopg's: a literal % doubled, each ? a %s (or, with
+    named parameters, each :name a %(name)s)."""
+    sql = sql.replace("%", "%%")
+    return _NAMED.sub(r"%(\1)s", sql) if named else sql.replace("?", "%s")
 
 
 class PgConnection:
@@ -102,10 +110,11 @@ class PgConnection:
     def __init__(self, raw: psycopg.Connection):
         self.raw = raw
 
-    def execute(self, sql: str, params: Sequence = ()) -> psycopg.Cursor:
+    def execute(self, sql: str, params: Sequence | Mapping = ()) -> psycopg.Cursor:
         cursor = self.raw.cursor()
+        named = isinstance(params, Mapping)
         try:
-            cursor.execute(_pg_sql(sql), tuple(params))
+            cursor.execute(_pg_sql(sql, named), params if named else tuple(params))
         except psycopg.IntegrityError as error:
             raise IntegrityError(str(error)) from None
         return cursor
@@ -159,6 +168,14 @@ def _configure(raw: psycopg.Connection) -> None:
     raw.row_factory = _row_factory
 
 
+def connect(url: str) -> PgConnection:
+    """One connection in autocommit, outside any Database (for scripts and tests); the
+    caller closes `.raw`."""
+    raw = psycopg.connect(url, autocommit=True, connect_timeout=CONNECT_TIMEOUT_SECONDS)
+    _configure(raw)
+    return PgConnection(raw)
+
+
 class PostgresDatabase(Database):
     """A PostgreSQL database with its schema applied, one writer connection and reader pool."""
 
@@ -182,7 +199,9 @@ class PostgresDatabase(Database):
             ) as c:
                 pg_schema.migrate(c)
             options = {"autocommit": True, "connect_timeout": CONNECT_TIMEOUT_SECONDS}
-            self._writer_pool = self._pool(1, 1, options)
+            # a write waits for another's row or advisory lock as long as SQLite's busy timeout
+            writer = {**options, "options": f"-c lock_timeout={BUSY_TIMEOUT_MS}"}
+            self._writer_pool = self._pool(1, 1, writer)
             self._reader_pool = self._pool(1, READER_CONNECTIONS, options)
         except (psycopg.Error, psycopg_pool.PoolTimeout) as error:
             self.close()

@@ -268,6 +268,20 @@ def m009_no_trip_index_on_positions(db: sqlite_utils.Database) -> None:
     db.execute("DROP INDEX IF EXISTS positions_trip")
 
 
+@migrations()
+def m010_leases(db: sqlite_utils.Database) -> None:
+    # Who runs each run-once job (the sweeper, the pruner, webhook delivery) when
+    # several processes share the database, and until when (tracker/leases.py).
+    db.execute(
+        """
+        CREATE TABLE leases (
+            name TEXT PRIMARY KEY,
+            holder TEXT NOT NULL,
+            expires_at REAL NOT NULL
+        )"""
+    )
+
+
 def migrate(conn: sqlite3.Connection) -> None:
     """Apply every pending migration to the database behind conn."""
     migrations.apply(sqlite_utils.Database(conn))
