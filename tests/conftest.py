@@ -52,6 +52,43 @@ def settings(tmp_path, request) -> Settings:
 
 
 @dataclass
+class SharedDatabase:
+    """The database several `tracker serve` processes of a test share (TEST_TRACKER_STORAGE
+    picks the engine): the environment that names it, and reads for assertions."""
+
+    env: dict[str, str]
+    path: str  # the SQLite file, or "" on PostgreSQL
+    url: str  # "" on SQLite
+
+    def rows(self, sql: str, params: tuple = ()) -> list:
+        """The rows of one query (sqlite3's ? paramstyle on either engine)."""
+        if self.url:
+            from tracker.store.postgres import connect
+
+            conn = connect(self.url)
+            try:
+                return conn.execute(sql, params).fetchall()
+            finally:
+                conn.raw.close()
+        import sqlite3
+
+        conn = sqlite3.connect(self.path)
+        try:
+            return conn.execute(sql, params).fetchall()
+        finally:
+            conn.close()
+
+
+@pytest.fixture
+def shared_database(tmp_path, request) -> SharedDatabase:
+    if TEST_STORAGE == "postgresql":
+        url = request.getfixturevalue("postgres_url")
+        return SharedDatabase({"TRACKER_STORAGE_URL": url}, "", url)
+    path = str(tmp_path / "shared.db")
+    return SharedDatabase({"TRACKER_STORAGE_PATH": path}, path, "")
+
+
+@dataclass
 class Tenant:
     instance_id: str
     device_token: str
@@ -84,7 +121,10 @@ def make_tenant(tracker: Tracker, name: str) -> Tenant:
 
 @pytest.fixture
 def app(settings):
-    return create_app(settings)
+    app = create_app(settings)
+    yield app
+    if TEST_STORAGE == "postgresql":  # a test without the app's lifespan leaves its pools open
+        app.extensions["tracker"].db.close()
 
 
 @pytest.fixture

@@ -14,7 +14,6 @@ import json
 import os
 import re
 import signal
-import sqlite3
 import ssl
 import subprocess
 import sys
@@ -28,7 +27,7 @@ import pytest
 import trio
 from trio_websocket import ConnectionClosed
 
-from tests.conftest import ServerProcess, bearer, free_port
+from tests.conftest import ServerProcess, SharedDatabase, bearer, free_port
 from tests.test_proxy import (
     NGINX_MAIN_CONF,
     NGINX_TEMPLATE,
@@ -58,14 +57,13 @@ class Cluster:
     processes: list[ServerProcess]
     proxy: Proxy
     tenant: Tenant
-    db_path: Path
+    database: SharedDatabase
 
     def stored_timestamps(self) -> set[float]:
-        with sqlite3.connect(self.db_path) as conn:
-            rows = conn.execute(
-                "SELECT ts FROM positions WHERE device_token = ?", (self.tenant.device_token,)
-            )
-            return {row[0] for row in rows}
+        rows = self.database.rows(
+            "SELECT ts FROM positions WHERE device_token = ?", (self.tenant.device_token,)
+        )
+        return {row[0] for row in rows}
 
 
 def upstreams(template_line: str, ports: list[int]) -> str:
@@ -112,10 +110,9 @@ async def nginx_in_front(workdir: Path, processes: list[ServerProcess]):
 
 
 @pytest.fixture
-async def cluster(tmp_path, redis_server):
-    db_path = tmp_path / "shared.db"
+async def cluster(tmp_path, redis_server, shared_database):
     env = {
-        "TRACKER_STORAGE_PATH": str(db_path),
+        **shared_database.env,
         "TRACKER_BROKER_URL": redis_server.url,
         "TRACKER_AUTH_JWT_SECRET": "s" * 48,
         "TRACKER_SERVER_TRUSTED_PROXIES": '["127.0.0.1"]',
@@ -144,7 +141,7 @@ async def cluster(tmp_path, redis_server):
         for process in processes:  # one after the other: the first applies the migrations
             process.start()
         async with nginx_in_front(tmp_path / "nginx", processes) as proxy:
-            yield Cluster(processes, proxy, tenant, db_path)
+            yield Cluster(processes, proxy, tenant, shared_database)
     finally:
         for process in processes:
             if process.process is not None and process.process.poll() is None:
@@ -396,10 +393,10 @@ async def test_the_sweepers_of_three_processes_expire_each_session_exactly_once(
             if message["type"] == "event" and message["event"]["type"] == "share.expired":
                 told.append(message["event"]["data"]["id"])
     assert sorted(told) == sorted(session_ids)
-    with sqlite3.connect(cluster.db_path) as conn:
-        stored = [
-            row[0] for row in conn.execute("SELECT data FROM events WHERE type = 'share.expired'")
-        ]
+    stored = [
+        row[0]
+        for row in cluster.database.rows("SELECT data FROM events WHERE type = 'share.expired'")
+    ]
     assert sorted(json.loads(data)["id"] for data in stored) == sorted(session_ids)
 
 
@@ -455,7 +452,7 @@ async def test_serve_workers_runs_processes_on_consecutive_ports_as_one_tracker(
                                 break
                     except httpx.TransportError:
                         await trio.sleep(0.1)
-        cluster = Cluster([first, second], None, tenant, tmp_path / "tracker.db")
+        cluster = Cluster([first, second], None, tenant, None)  # the default SQLite file
         watcher = await open_watcher(cluster, nursery, via=second)
         async with direct(first) as http:
             await post_until_seen(Poster(cluster), http, watcher)

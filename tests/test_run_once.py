@@ -23,7 +23,7 @@ import httpx
 import pytest
 import trio
 
-from tests.conftest import TEST_STORAGE, ServerProcess, bearer
+from tests.conftest import TEST_STORAGE, ServerProcess, SharedDatabase, bearer
 from tests.test_webhooks import Receiver
 from tracker import events, expiry, webhooks
 from tracker.config import WebhookSettings
@@ -44,18 +44,17 @@ EXPIRES_IN_SECONDS = 3
 @dataclass
 class Cluster:
     processes: list[ServerProcess]
-    db_path: str
+    database: SharedDatabase
     instance_id: str
     device_token: str
     admin_token: str
 
     def holder_of(self, lease: str) -> ServerProcess | None:
         """The process whose pid the lease's holder names (None: nobody holds it)."""
-        conn = sqlite3.connect(self.db_path)
-        try:
-            current = leases_store.current(conn, lease)
-        finally:
-            conn.close()
+        rows = self.database.rows(
+            "SELECT name, holder, expires_at FROM leases WHERE name = ?", (lease,)
+        )
+        current = leases_store.Lease(*rows[0]) if rows else None
         if current is None or current.expires_at < time.time():
             return None
         pid = int(current.holder.rsplit(":", 2)[1])
@@ -71,10 +70,9 @@ def receiver() -> Iterator[Receiver]:
 
 
 @pytest.fixture
-def cluster(tmp_path, redis_server) -> Iterator[Cluster]:
-    db_path = str(tmp_path / "shared.db")
+def cluster(tmp_path, redis_server, shared_database) -> Iterator[Cluster]:
     env = {
-        "TRACKER_STORAGE_PATH": db_path,
+        **shared_database.env,
         "TRACKER_BROKER_URL": redis_server.url,
         "TRACKER_AUTH_JWT_SECRET": "r" * 48,
         "TRACKER_WEBHOOKS_ALLOW_PRIVATE_TARGETS": "true",
@@ -91,7 +89,9 @@ def cluster(tmp_path, redis_server) -> Iterator[Cluster]:
     try:
         for process in processes:  # one after the other: the first applies the migrations
             process.start()
-        yield Cluster(processes, db_path, instance_id, device["device_token"], admin_token.strip())
+        yield Cluster(
+            processes, shared_database, instance_id, device["device_token"], admin_token.strip()
+        )
     finally:
         for process in processes:
             if process.process is not None and process.process.poll() is None:

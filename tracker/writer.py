@@ -18,6 +18,10 @@ the same whatever the length of its trip; a fix newer than the device's latest
 valid one becomes the live position. Older fixes (a backlog) are stored in
 their trip and never broadcast as live.
 
+On PostgreSQL, where several processes may write at once, the transaction
+first locks each device of the batch (`devices.lock_for_ingest`), so two
+processes ingesting one device take turns and never split or double a trip.
+
 Events (tracker/events.py) are written in the same transaction and announced
 after it: `device.online` when a live fix follows `offline_after_seconds` of
 silence, `trip.started` when a live fix starts a trip, `share.arrived` when a
