@@ -208,3 +208,49 @@ async def test_postgresql_going_away_answers_503_and_storing_resumes_when_it_is_
         )
         assert latest.status_code == 200
         assert (await latest.get_json())["timestamp"] == pytest.approx(now + 1)
+
+
+def test_the_postgresql_schema_has_every_table_column_and_index_of_sqlites(postgres_url):
+    """A SQLite migration without its PostgreSQL twin (tracker/store/pg_schema.py) fails here."""
+    import sqlite3
+
+    from tracker.store import schema
+    from tracker.store.postgres import PostgresDatabase
+
+    lite = sqlite3.connect(":memory:")
+    schema.migrate(lite)
+    tables = [
+        name
+        for (name,) in lite.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table'"
+            " AND name NOT LIKE 'sqlite_%' AND name NOT LIKE '_sqlite_%'"
+        )
+    ]
+    sqlite_columns = {
+        table: {row[1] for row in lite.execute(f"PRAGMA table_info({table})")} for table in tables
+    }
+    sqlite_indexes = {
+        name
+        for (name,) in lite.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'index' AND sql IS NOT NULL"
+            " AND tbl_name NOT LIKE '_sqlite_%'"
+        )
+    }
+    lite.close()
+
+    PostgresDatabase(postgres_url).close()
+    with psycopg.connect(postgres_url) as conn:
+        pg_columns: dict[str, set[str]] = {}
+        for table, column in conn.execute(
+            "SELECT table_name, column_name FROM information_schema.columns"
+            " WHERE table_schema = 'public'"
+        ):
+            pg_columns.setdefault(table, set()).add(column)
+        pg_indexes = {name for (name,) in conn.execute("SELECT indexname FROM pg_indexes")}
+        triggers = {
+            name for (name,) in conn.execute("SELECT tgname FROM pg_trigger WHERE NOT tgisinternal")
+        }
+    pg_columns.pop("schema_migrations")
+    assert pg_columns == sqlite_columns
+    assert sqlite_indexes <= pg_indexes
+    assert triggers == {"devices_inserted", "devices_deleted", "devices_updated"}
