@@ -193,3 +193,20 @@ async def test_a_share_cancelled_while_redis_is_down_ends_the_page_once_it_is_ba
             if message["type"] == "session_ended":
                 assert message["reason"] == "cancelled"
                 break
+
+
+async def test_after_redis_comes_back_a_watcher_is_told_to_resync_and_gets_what_it_missed(
+    cluster, redis_server, nursery
+):
+    ws = await watch(cluster.first, cluster.fleet, nursery)
+    poster = Poster(cluster)
+    await post_until_seen(poster, cluster.second, ws)
+
+    redis_server.stop()
+    for _ in range(3):  # acknowledged by the second process; the first hears nothing of them
+        missed = await poster.post(cluster.second)
+    redis_server.start()
+    with trio.fail_after(WAIT_SECONDS):  # no new post: the resync alone brings it
+        while json.loads(await ws.get_message())["type"] != "resync":
+            pass
+        assert await next_latitude(ws) == missed

@@ -263,12 +263,18 @@ def websocket_routes(tracker: Tracker) -> list[tuple[str, Handler]]:
     ]
 
 
+MQTT_LEASE = "mqtt"
+
+
 async def run_background(
     tracker: Tracker, *, task_status: trio.TaskStatus[trio.CancelScope] = trio.TASK_STATUS_IGNORED
 ) -> None:
-    """The long-lived tasks (hub pump, writer, keepalive, webhook dispatcher, pruner, sweepers,
-    MQTT); cancelled together. The dispatcher, the pruner and the sweeper run only while this
-    process holds their lease (tracker/leases.py); one process alone takes them all at start."""
+    """The long-lived tasks (hub pump, broker, resyncs, writer, keepalive, webhook dispatcher,
+    pruner, sweepers, MQTT); cancelled together. The dispatcher, the pruner, the sweeper and
+    the MQTT client run only while this process holds their lease (tracker/leases.py); one
+    process alone takes them all at start."""
+    from tracker.api.realtime import run_resyncs
+
     settings = tracker.settings
     leases = LeaseHolder(tracker.db, new_holder(), take_over_at_start=not settings.broker.url)
     try:
@@ -278,6 +284,7 @@ async def run_background(
                     tracker.hub.run_pump, tracker.settings.realtime.fanout_interval_seconds
                 )
                 await nursery.start(tracker.broker.run)
+                await nursery.start(run_resyncs, tracker)
                 await nursery.start(tracker.writer.run)
                 await nursery.start(
                     tracker.keepalive.run, tracker.settings.realtime.ping_interval_seconds
@@ -317,7 +324,9 @@ async def run_background(
                         tracker.metrics,
                         ingest.mqtt_ca_file,
                     )
-                    await nursery.start(mqtt.run)
+                    # One MQTT client per tracker (one client id, a persistent session):
+                    # among several processes, whichever holds the lease subscribes.
+                    nursery.start_soon(leases.run, MQTT_LEASE, mqtt.run)
                 task_status.started(scope)
     finally:
         tracker.background_done.set()

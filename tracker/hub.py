@@ -57,6 +57,9 @@ DEFAULT_MAILBOX_CAPACITY = 10_000
 PACING_FACTOR = 2.0
 
 
+EVERYONE = "hub:everyone"  # a key every subscriber of the topic takes, whatever its key filter
+
+
 class SlowConsumer(Exception):
     """A mailbox overflowed: its reader fell too far behind."""
 
@@ -252,7 +255,7 @@ class Hub:
         that have a flusher are filled without waking the reader and noted in direct,
         to be flushed after the whole delivery (one write each, no task switch)."""
         for subscription in self._topics.get(topic, ()):
-            if subscription.keys is None or key in subscription.keys:
+            if subscription.keys is None or key in subscription.keys or key is EVERYONE:
                 mailbox = subscription.mailbox
                 flusher = mailbox.flusher
                 if (
@@ -267,6 +270,10 @@ class Hub:
 
     def subscriber_count(self, topic: str) -> int:
         return len(self._topics.get(topic, ()))
+
+    def topics(self, prefix: str) -> list[str]:
+        """The topics that have subscribers and begin with prefix."""
+        return [topic for topic in self._topics if topic.startswith(prefix)]
 
     def publish_fix(self, fix: LiveFix) -> None:
         self.publish(instance_topic(fix.instance_id), fix.device_token, fix)

@@ -41,11 +41,12 @@ import trio
 
 from tracker import jsoncodec
 from tracker.auth import Principal
+from tracker.broker import RESYNC_TOPIC
 from tracker.context import Tracker
-from tracker.errors import TrackerError
+from tracker.errors import StorageUnavailable, TrackerError
 from tracker.events import Event, envelope
 from tracker.geo import metres_to_feet, mps_to_mph
-from tracker.hub import LiveFix, events_topic, instance_topic
+from tracker.hub import EVERYONE, LiveFix, Mailbox, events_topic, instance_topic
 from tracker.profiles import display_value
 from tracker.store import Database
 from tracker.store import positions as positions_store
@@ -72,6 +73,7 @@ SNAPSHOT_ON_LOOP_MAX_ROWS = 200  # larger snapshots are read in a worker thread 
 SNAPSHOT_MAX_INSTANCES = 10_000  # snapshots kept at once (all of the current data_version)
 UNITS = ("metric", "imperial")
 _NO_SUBSCRIPTION = contextlib.nullcontext()  # reentrant: one for every connection
+RESYNC_FRAME = Frame.text(b'{"type":"resync"}')
 
 
 class StreamRefused(Exception):
@@ -502,6 +504,37 @@ class Snapshots:
 
     async def _read_in_thread(self, instance_id: str) -> dict[str, LiveFix]:
         return _by_device(await self.db.read(positions_store.latest_for_instance, instance_id))
+
+
+async def run_resyncs(
+    tracker: Tracker, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+) -> None:
+    """After the broker lost messages (`broker:resync`, tracker/broker.py), every watched
+    instance's subscribers get `{"type": "resync"}` and then the instance's last positions,
+    read now, as on connect: whatever they missed is replaced by what is current.
+
+    One task per process does it for every connection (one read per instance, no
+    per-connection state). The positions go through the instance's topic like live
+    ones, so each subscriber's device filter applies; the resync message goes to all.
+    A small instance's positions are read on the event loop and published with no
+    await between, so no live fix can come between the read and the publish; a large
+    one's are read in a thread, and a fix of a device that arrives during that read
+    may be followed by the older one read (the device's next fix puts it right)."""
+    hub = tracker.hub
+    mailbox = Mailbox()
+    with hub.subscribe(RESYNC_TOPIC, mailbox):
+        task_status.started()
+        while True:
+            await mailbox.take()
+            for topic in hub.topics(instance_topic("")):
+                instance_id = topic.removeprefix(instance_topic(""))
+                hub.publish(topic, EVERYONE, RESYNC_FRAME)
+                try:
+                    fixes = await _snapshots(tracker.db).fixes(instance_id)
+                except StorageUnavailable:
+                    continue  # logged by the store; the message told them to look again
+                for device_token, fix in fixes.items():
+                    hub.publish(topic, device_token, fix)
 
 
 def _by_device(rows: list[positions_store.DeviceFix]) -> dict[str, LiveFix]:
