@@ -41,9 +41,9 @@ class Cluster:
 
 
 @pytest.fixture
-def cluster(tmp_path, redis_server) -> Iterator[Cluster]:
+def cluster(tmp_path, redis_server, shared_database) -> Iterator[Cluster]:
     env = {
-        "TRACKER_STORAGE_PATH": str(tmp_path / "shared.db"),
+        **shared_database.env,
         "TRACKER_BROKER_URL": redis_server.url,
         "TRACKER_AUTH_JWT_SECRET": "s" * 48,
     }
