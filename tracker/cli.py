@@ -320,6 +320,34 @@ def cmd_backup(args: argparse.Namespace, settings: Settings) -> None:
     )
 
 
+def cmd_migrate_data(args: argparse.Namespace, settings: Settings) -> None:
+    from tracker.config import engine_of
+    from tracker.migrate_data import Copied, MigrationRefused, migrate_data
+
+    for option, url in (("--from", args.source), ("--to", args.target)):
+        try:
+            engine_of(url)
+        except ValueError as error:
+            raise CommandError(f"{option}: {error}") from None
+
+    def progress(each: Copied) -> None:
+        if not getattr(args, "json", False):
+            print(f"{each.table}: {each.rows} rows")
+
+    try:
+        copied = migrate_data(args.source, args.target, progress)
+    except MigrationRefused as refused:
+        raise CommandError(str(refused)) from None
+    except StorageUnavailable as error:
+        raise CommandFailed(f"cannot migrate: {error}") from None
+    total = sum(each.rows for each in copied)
+    _emit(
+        args,
+        {"tables": {each.table: each.rows for each in copied}, "rows": total},
+        f"copied {total} rows; every table's count checked",
+    )
+
+
 def _read_password(args: argparse.Namespace) -> str:
     """The new password: one line of stdin (--password-stdin), or asked twice at the terminal."""
     import getpass
@@ -518,6 +546,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     backup.add_argument("path", help="the backup file to write")
     backup.add_argument("--force", action="store_true", help="replace PATH if it exists")
+    migrate = command(
+        commands,
+        "migrate-data",
+        cmd_migrate_data,
+        "copy every device, key, position, trip and session to an empty database",
+    )
+    migrate.add_argument("--from", dest="source", required=True, help="e.g. sqlite:///tracker.db")
+    migrate.add_argument(
+        "--to", dest="target", required=True, help="e.g. postgresql://user:pass@host/db"
+    )
     user = commands.add_parser("user", help="manage console users")
     user_commands = user.add_subparsers(dest="action", required=True, metavar="ACTION")
     user_add = command(user_commands, "add", cmd_user_add, "add a console user")
