@@ -14,13 +14,10 @@ import json
 import os
 import re
 import signal
-import ssl
 import subprocess
 import sys
 import time
-from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from pathlib import Path
 
 import httpx
 import pytest
@@ -28,16 +25,7 @@ import trio
 from trio_websocket import ConnectionClosed
 
 from tests.conftest import ServerProcess, SharedDatabase, bearer, free_port
-from tests.test_proxy import (
-    NGINX_MAIN_CONF,
-    NGINX_TEMPLATE,
-    SERVER_NAME,
-    Proxy,
-    child_process,
-    find_binary,
-    render,
-    write_certificate,
-)
+from tests.test_proxy import NGINX_MAIN_CONF, Proxy, find_binary, nginx_in_front
 
 WAIT_SECONDS = 30
 PROCESSES = 3
@@ -64,49 +52,6 @@ class Cluster:
             "SELECT ts FROM positions WHERE device_token = ?", (self.tenant.device_token,)
         )
         return {row[0] for row in rows}
-
-
-def upstreams(template_line: str, ports: list[int]) -> str:
-    """The template's one `server 127.0.0.1:PORT ...;` line, once per process."""
-    indent, rest = re.match(r"(\s*)server 127\.0\.0\.1:\d+ (.*)", template_line).groups()
-    return "\n".join(f"{indent}server 127.0.0.1:{port} {rest}" for port in ports)
-
-
-@asynccontextmanager
-async def nginx_in_front(workdir: Path, processes: list[ServerProcess]):
-    """deploy/nginx.conf with every process in its upstream blocks."""
-    nginx = find_binary("nginx")
-    (workdir / "temp").mkdir(parents=True)
-    (workdir / "webroot").mkdir()
-    ca = write_certificate(workdir)
-    https_port, http_port, osmand_port = free_port(), free_port(), free_port()
-    template = NGINX_TEMPLATE.read_text(encoding="utf-8")
-    api_line = next(line for line in template.splitlines() if "server 127.0.0.1:8080 " in line)
-    osmand_line = next(line for line in template.splitlines() if "server 127.0.0.1:5056 " in line)
-    site = render(
-        NGINX_TEMPLATE,
-        {
-            api_line: upstreams(api_line, [p.port for p in processes]),
-            osmand_line: upstreams(osmand_line, [p.osmand_port for p in processes]),
-            "listen 80;": f"listen 127.0.0.1:{http_port};",
-            "listen 443 ssl;": f"listen 127.0.0.1:{https_port} ssl;",
-            "listen 5055;": f"listen 127.0.0.1:{osmand_port};",
-            f"/etc/letsencrypt/live/{SERVER_NAME}/": f"{workdir}/",
-            "/var/www/html": str(workdir / "webroot"),
-        },
-    )
-    (workdir / "tracker.conf").write_text(re.sub(r"(?m)^\s*listen \[::\]:.*\n", "", site))
-    (workdir / "nginx.conf").write_text(NGINX_MAIN_CONF.format(site=workdir / "tracker.conf"))
-    argv = [nginx, "-p", f"{workdir}/", "-c", "nginx.conf", "-e", "error.log"]
-    async with child_process(argv, workdir / "error.log", [https_port, http_port, osmand_port]):
-        yield Proxy(
-            https=f"https://127.0.0.1:{https_port}",
-            http=f"http://127.0.0.1:{http_port}",
-            osmand=f"http://127.0.0.1:{osmand_port}",
-            ssl_context=ssl.create_default_context(cadata=ca.decode()),
-            api_prefix="/api/v1",
-            buffers_bodies=True,
-        )
 
 
 @pytest.fixture
@@ -140,7 +85,9 @@ async def cluster(tmp_path, redis_server, shared_database):
     try:
         for process in processes:  # one after the other: the first applies the migrations
             process.start()
-        async with nginx_in_front(tmp_path / "nginx", processes) as proxy:
+        async with nginx_in_front(
+            tmp_path / "nginx", [p.port for p in processes], [p.osmand_port for p in processes]
+        ) as proxy:
             yield Cluster(processes, proxy, tenant, shared_database)
     finally:
         for process in processes:
@@ -509,3 +456,40 @@ def test_a_process_killed_without_a_clean_stop_can_be_started_again_at_once(tmp_
     again = ServerProcess(tmp_path)
     again.start()
     assert again.stop(signal.SIGTERM) == 0
+
+
+def test_the_compose_cluster_is_the_documented_one_with_valid_settings_and_nginx(tmp_path):
+    import yaml
+
+    from tests.test_proxy import DEPLOYMENT_DOC, ROOT
+    from tracker.config import load_settings
+
+    text = (ROOT / "deploy" / "compose-cluster.yaml").read_text(encoding="utf-8")
+    assert "```yaml\n" + text + "```" in DEPLOYMENT_DOC.read_text(encoding="utf-8")
+    compose = yaml.safe_load(text)
+    trackers = [name for name in compose["services"] if name.startswith("tracker")]
+    assert trackers == ["tracker1", "tracker2", "tracker3"]
+    for name in trackers:
+        environment = {
+            key: re.sub(r"\$\{POSTGRES_PASSWORD:\?[^}]*\}", "secret", value)
+            for key, value in compose["services"][name]["environment"].items()
+        }
+        settings = load_settings(environ=environment)
+        assert settings.storage.engine == "postgresql"
+        assert settings.broker.url == "redis://redis:6379/0"
+    site = compose["configs"]["nginx-site"]["content"].replace("$$", "$")  # Compose's escape
+    ports = {name: free_port() for name in trackers}
+    for name, port in ports.items():
+        assert f"server {name}:8080 " in site
+        site = site.replace(f"{name}:8080", f"127.0.0.1:{port}")
+    site = site.replace("listen 80;", f"listen 127.0.0.1:{free_port()};")
+    (tmp_path / "temp").mkdir()
+    (tmp_path / "site.conf").write_text(site)
+    (tmp_path / "nginx.conf").write_text(NGINX_MAIN_CONF.format(site=tmp_path / "site.conf"))
+    checked = subprocess.run(
+        [find_binary("nginx"), "-t", "-p", f"{tmp_path}/", "-c", "nginx.conf", "-e", "error.log"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert checked.returncode == 0, checked.stderr
