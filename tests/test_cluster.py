@@ -319,6 +319,29 @@ async def test_a_killed_process_loses_no_acknowledged_write_and_its_watchers_res
     assert set(poster.acknowledged) <= cluster.stored_timestamps()
 
 
+async def test_redis_restarted_mid_stream_watchers_resync_and_no_position_is_lost(
+    cluster, redis_server, nursery
+):
+    # One watcher on each process (straight to it), the posts through nginx.
+    watchers = [await open_watcher(cluster, nursery, via=p) for p in cluster.processes]
+    poster = Poster(cluster)
+    async with cluster.proxy.client() as http:
+        for watcher in watchers:
+            await post_until_seen(poster, http, watcher)
+        redis_server.stop()
+        for _ in range(9):  # acknowledged by whichever process nginx picks, Redis or not
+            assert await poster.post(http) is not None
+        last = poster.latitude
+        redis_server.start()
+    # No new post: each process tells its watcher to resync and sends the last position.
+    with trio.fail_after(WAIT_SECONDS):
+        for watcher in watchers:
+            while json.loads(await watcher.get_message())["type"] != "resync":
+                pass
+            assert await latitudes(watcher) == [last]
+    assert set(poster.acknowledged) <= cluster.stored_timestamps()
+
+
 async def test_the_sweepers_of_three_processes_expire_each_session_exactly_once(cluster, nursery):
     tenant = cluster.tenant
     watcher = await open_watcher(cluster, nursery, events=True)
