@@ -392,6 +392,8 @@ def commit_batch(
 
     live = []
     emitted: list[events.Event] = []
+    if geofences is not None and state.newest:
+        geofences.refresh(conn)
     for token, (position, track_token) in state.newest.items():
         positions_store.set_latest(conn, token, position.timestamp)
         device = state.devices[token]

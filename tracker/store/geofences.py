@@ -105,3 +105,8 @@ def set_inside(
             "DELETE FROM geofence_presence WHERE device_token = ? AND geofence_id = ?",
             (device_token, fence_id),
         )
+
+
+def generation(conn: sqlite3.Connection) -> int:
+    """Moves with every change to any geofence, by any process (migration m011)."""
+    return conn.execute("SELECT generation FROM geofence_generation").fetchone()[0]

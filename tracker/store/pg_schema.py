@@ -199,6 +199,31 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
             " expires_at DOUBLE PRECISION NOT NULL)"
         ],
     ),
+    (
+        3,
+        "geofence generation (SQLite's m011)",
+        [
+            """CREATE TABLE geofence_generation (
+                id INTEGER PRIMARY KEY CHECK (id = 1),
+                generation BIGINT NOT NULL
+            )""",
+            "INSERT INTO geofence_generation (id, generation) VALUES (1, 0)",
+            """CREATE FUNCTION bump_geofence_generation() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN
+                UPDATE geofence_generation SET generation = generation + 1;
+                RETURN NULL;
+            END $$""",
+            *(
+                f"CREATE TRIGGER geofences_{name} AFTER {event} ON geofences"
+                " FOR EACH ROW EXECUTE FUNCTION bump_geofence_generation()"
+                for event, name in (
+                    ("INSERT", "inserted"),
+                    ("UPDATE", "updated"),
+                    ("DELETE", "deleted"),
+                )
+            ),
+        ],
+    ),
 ]
 
 
