@@ -27,12 +27,12 @@ from tests.conftest import TEST_STORAGE, ServerProcess, SharedDatabase, bearer
 from tests.test_webhooks import Receiver
 from tracker import events, expiry, webhooks
 from tracker.config import WebhookSettings
+from tracker.domain import Lease, Webhook
 from tracker.hub import Hub
 from tracker.leases import LEASE_TTL_SECONDS, LeaseHolder
 from tracker.store import Database, instances, schema
 from tracker.store import leases as leases_store
 from tracker.store import webhooks as webhooks_store
-from tracker.store.webhooks import Webhook
 from tracker.webhooks import Dispatcher
 
 # A dead holder's lease lapses within the TTL, a survivor asks within a third of it,
@@ -54,7 +54,7 @@ class Cluster:
         rows = self.database.rows(
             "SELECT name, holder, expires_at FROM leases WHERE name = ?", (lease,)
         )
-        current = leases_store.Lease(*rows[0]) if rows else None
+        current = Lease(*rows[0]) if rows else None
         if current is None or current.expires_at < time.time():
             return None
         pid = int(current.holder.rsplit(":", 2)[1])

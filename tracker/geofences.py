@@ -28,10 +28,10 @@ import sqlite3
 from dataclasses import dataclass
 
 from tracker import events
+from tracker.domain import StoredGeofence
 from tracker.geo import EARTH_MEAN_RADIUS_M, haversine_m
 from tracker.models import Position
 from tracker.store import geofences as geofences_store
-from tracker.store.geofences import StoredGeofence
 
 MARGIN_M = 10.0
 MAX_VERTICES = 2000

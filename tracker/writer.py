@@ -43,6 +43,7 @@ import trio
 
 from tracker import events
 from tracker.broker import Publisher
+from tracker.domain import COMPLETED, Device
 from tracker.errors import StorageUnavailable
 from tracker.geofences import GeofenceIndex, check_live_fixes
 from tracker.hub import LiveFix
@@ -54,7 +55,6 @@ from tracker.store import Database, devices
 from tracker.store import positions as positions_store
 from tracker.store import sessions as sessions_store
 from tracker.store import trips as trips_store
-from tracker.store.sessions import COMPLETED
 from tracker.trips import Trip, choose_trip
 
 log = logging.getLogger("tracker.writer")
@@ -186,7 +186,7 @@ class DeviceMemory:
     """
 
     def __init__(self) -> None:
-        self.devices: dict[str, devices.Device] = {}
+        self.devices: dict[str, Device] = {}
         self.latest: dict[str, float | None] = {}
         self.newest_stored: dict[str, float] = {}  # -inf: the device has no fix stored
         self._seal: tuple[int, int] | None = None  # (data_version, total_changes), confirmed
@@ -224,7 +224,7 @@ class _BatchState:
         self.gap = gap
         self.kept = memory is not None  # else a memory of this commit alone
         self.memory = memory if memory is not None else DeviceMemory()
-        self.devices: dict[str, devices.Device | None] = {}
+        self.devices: dict[str, Device | None] = {}
         self.latest: dict[str, float | None] = {}
         self.previous: dict[str, float | None] = {}  # the live fix's time before this batch
         self.started: set[tuple[str, str]] = set()  # trips this batch started
@@ -236,7 +236,7 @@ class _BatchState:
         self.touched: set[tuple[str, str]] = set()
         self.joined: dict[tuple[str, str], list[Position]] = {}  # per trip, not stored yet
 
-    def device(self, token: str) -> devices.Device | None:
+    def device(self, token: str) -> Device | None:
         if token not in self.devices:
             memory = self.memory
             device = memory.devices.get(token)

@@ -7,23 +7,13 @@ import secrets
 import sqlite3
 import time
 import uuid
-from dataclasses import dataclass, field
 
 from tracker import jsoncodec
+from tracker.domain import Device
 from tracker.models import Position
 from tracker.store import pg_schema, positions
 
 INGEST_KEY_BYTES = 24  # 192 bits, shown once, stored as a SHA-256 hash
-
-
-@dataclass(frozen=True)
-class Device:
-    token: str
-    instance_id: str
-    profile: dict[str, str] = field(default_factory=dict)
-    display_field: str = "full_name"
-    created_at: float = 0.0
-    mqtt_topic: str | None = None  # where its OwnTracks app publishes over MQTT, if it does
 
 
 class DuplicateDevice(Exception):

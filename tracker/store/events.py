@@ -3,22 +3,10 @@
 from __future__ import annotations
 
 import sqlite3
-from dataclasses import dataclass
 
 from tracker import jsoncodec
+from tracker.domain import StoredEvent
 from tracker.store import pg_schema
-
-
-@dataclass(frozen=True)
-class StoredEvent:
-    seq: int  # the outbox order
-    id: str
-    instance_id: str
-    type: str
-    created_at: float
-    data: dict
-    webhook_id: str | None = None  # set: for that webhook only (a test event)
-
 
 _COLUMNS = "seq, id, instance_id, type, created_at, data, webhook_id"
 

@@ -3,21 +3,11 @@
 from __future__ import annotations
 
 import sqlite3
-from dataclasses import dataclass
 
 from tracker import jsoncodec
+from tracker.domain import StoredGeofence
 
 _COLUMNS = "id, instance_id, name, shape, device_tokens, created_at"
-
-
-@dataclass(frozen=True)
-class StoredGeofence:
-    id: str
-    instance_id: str
-    name: str
-    shape: dict  # {"circle": {latitude, longitude, radius_m}} or {"polygon": GeoJSON Polygon}
-    device_tokens: list[str] | None  # None: every device of the instance
-    created_at: float
 
 
 def _geofence(row: sqlite3.Row) -> StoredGeofence:

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Iterable
-from dataclasses import dataclass
 
 from tracker import jsoncodec
+from tracker.domain import DeviceFix
 from tracker.models import Position
 from tracker.trips import Trip
 
@@ -27,18 +27,6 @@ _TIMESTAMPS_PER_QUERY = 500  # well under SQLite's bound-parameter limit
 _COLUMNS = (
     "ts, lat, lon, speed, heading, accuracy, altitude, battery, valid, attributes, track_token"
 )
-
-
-@dataclass(frozen=True)
-class DeviceFix:
-    """A device's latest fix with what a live message needs to name the device."""
-
-    device_token: str
-    instance_id: str
-    profile: dict
-    display_field: str
-    position: Position
-    track_token: str
 
 
 def _position(row: sqlite3.Row) -> Position:

@@ -10,17 +10,8 @@ from __future__ import annotations
 import sqlite3
 import time
 import uuid
-from dataclasses import dataclass
 
-
-@dataclass(frozen=True)
-class User:
-    id: str
-    username: str
-    instance_id: str | None  # None: every instance
-    role: str
-    password_hash: str
-    created_at: float
+from tracker.domain import User
 
 
 class DuplicateUser(Exception):
