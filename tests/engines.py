@@ -149,8 +149,6 @@ class PostgresServer:
         return {"user": self.USER, "group": self.USER, "extra_groups": []}
 
     def start(self) -> None:
-        import psycopg
-
         log = self.workdir / "postgres.log"
         with open(log, "ab") as out:
             subprocess.run(
@@ -175,6 +173,14 @@ class PostgresServer:
                 timeout=120,
                 **self._run_as_owner(),
             )
+        self.resume()
+
+    def resume(self) -> None:
+        """Start the server on the cluster's data (again, after halt()), wait until it answers."""
+        import psycopg
+
+        log = self.workdir / "postgres.log"
+        with open(log, "ab") as out:
             self.process = subprocess.Popen(
                 [
                     self.postgres,
@@ -212,6 +218,10 @@ class PostgresServer:
             conn.execute(f'CREATE DATABASE "{name}"')
         return self.url(name)
 
-    def stop(self) -> None:
+    def halt(self) -> None:
+        """Stop the server, keeping its data (resume() starts it again)."""
         _stop(self.process, signal.SIGINT)  # "fast shutdown": ends sessions, then exits
+
+    def stop(self) -> None:
+        self.halt()
         shutil.rmtree(self.workdir, ignore_errors=True)

@@ -210,6 +210,7 @@ def test_user_commands_add_list_change_and_remove(settings, monkeypatch, capsys,
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("TRACKER_STORAGE_PATH", settings.storage.path)
+    monkeypatch.setenv("TRACKER_STORAGE_URL", settings.storage.url)
     monkeypatch.setenv("TRACKER_AUTH_JWT_SECRET", settings.auth.jwt_secret)
     main(["instance", "create", "Fleet", "--json"])
     instance_id = json.loads(capsys.readouterr().out)["instance_id"]

@@ -15,11 +15,11 @@ import redis
 import trio
 
 from tracker.broker import CHANNEL, RESYNC_TOPIC, RedisBroker, Resync, encode_fix
+from tracker.domain import StoredEvent
 from tracker.events import OUTBOX_TOPIC
 from tracker.hub import Hub, LiveFix, Mailbox, events_topic, instance_topic, session_topic
 from tracker.models import Position
 from tracker.sharing import SessionChanged, SessionEnded
-from tracker.store.events import StoredEvent
 
 WAIT_SECONDS = 20
 

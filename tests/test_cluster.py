@@ -14,31 +14,18 @@ import json
 import os
 import re
 import signal
-import sqlite3
-import ssl
 import subprocess
 import sys
 import time
-from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from pathlib import Path
 
 import httpx
 import pytest
 import trio
 from trio_websocket import ConnectionClosed
 
-from tests.conftest import ServerProcess, bearer, free_port
-from tests.test_proxy import (
-    NGINX_MAIN_CONF,
-    NGINX_TEMPLATE,
-    SERVER_NAME,
-    Proxy,
-    child_process,
-    find_binary,
-    render,
-    write_certificate,
-)
+from tests.conftest import ServerProcess, SharedDatabase, bearer, free_port
+from tests.test_proxy import NGINX_MAIN_CONF, Proxy, find_binary, nginx_in_front
 
 WAIT_SECONDS = 30
 PROCESSES = 3
@@ -58,64 +45,19 @@ class Cluster:
     processes: list[ServerProcess]
     proxy: Proxy
     tenant: Tenant
-    db_path: Path
+    database: SharedDatabase
 
     def stored_timestamps(self) -> set[float]:
-        with sqlite3.connect(self.db_path) as conn:
-            rows = conn.execute(
-                "SELECT ts FROM positions WHERE device_token = ?", (self.tenant.device_token,)
-            )
-            return {row[0] for row in rows}
-
-
-def upstreams(template_line: str, ports: list[int]) -> str:
-    """The template's one `server 127.0.0.1:PORT ...;` line, once per process."""
-    indent, rest = re.match(r"(\s*)server 127\.0\.0\.1:\d+ (.*)", template_line).groups()
-    return "\n".join(f"{indent}server 127.0.0.1:{port} {rest}" for port in ports)
-
-
-@asynccontextmanager
-async def nginx_in_front(workdir: Path, processes: list[ServerProcess]):
-    """deploy/nginx.conf with every process in its upstream blocks."""
-    nginx = find_binary("nginx")
-    (workdir / "temp").mkdir(parents=True)
-    (workdir / "webroot").mkdir()
-    ca = write_certificate(workdir)
-    https_port, http_port, osmand_port = free_port(), free_port(), free_port()
-    template = NGINX_TEMPLATE.read_text(encoding="utf-8")
-    api_line = next(line for line in template.splitlines() if "server 127.0.0.1:8080 " in line)
-    osmand_line = next(line for line in template.splitlines() if "server 127.0.0.1:5056 " in line)
-    site = render(
-        NGINX_TEMPLATE,
-        {
-            api_line: upstreams(api_line, [p.port for p in processes]),
-            osmand_line: upstreams(osmand_line, [p.osmand_port for p in processes]),
-            "listen 80;": f"listen 127.0.0.1:{http_port};",
-            "listen 443 ssl;": f"listen 127.0.0.1:{https_port} ssl;",
-            "listen 5055;": f"listen 127.0.0.1:{osmand_port};",
-            f"/etc/letsencrypt/live/{SERVER_NAME}/": f"{workdir}/",
-            "/var/www/html": str(workdir / "webroot"),
-        },
-    )
-    (workdir / "tracker.conf").write_text(re.sub(r"(?m)^\s*listen \[::\]:.*\n", "", site))
-    (workdir / "nginx.conf").write_text(NGINX_MAIN_CONF.format(site=workdir / "tracker.conf"))
-    argv = [nginx, "-p", f"{workdir}/", "-c", "nginx.conf", "-e", "error.log"]
-    async with child_process(argv, workdir / "error.log", [https_port, http_port, osmand_port]):
-        yield Proxy(
-            https=f"https://127.0.0.1:{https_port}",
-            http=f"http://127.0.0.1:{http_port}",
-            osmand=f"http://127.0.0.1:{osmand_port}",
-            ssl_context=ssl.create_default_context(cadata=ca.decode()),
-            api_prefix="/api/v1",
-            buffers_bodies=True,
+        rows = self.database.rows(
+            "SELECT ts FROM positions WHERE device_token = ?", (self.tenant.device_token,)
         )
+        return {row[0] for row in rows}
 
 
 @pytest.fixture
-async def cluster(tmp_path, redis_server):
-    db_path = tmp_path / "shared.db"
+async def cluster(tmp_path, redis_server, shared_database):
     env = {
-        "TRACKER_STORAGE_PATH": str(db_path),
+        **shared_database.env,
         "TRACKER_BROKER_URL": redis_server.url,
         "TRACKER_AUTH_JWT_SECRET": "s" * 48,
         "TRACKER_SERVER_TRUSTED_PROXIES": '["127.0.0.1"]',
@@ -143,8 +85,10 @@ async def cluster(tmp_path, redis_server):
     try:
         for process in processes:  # one after the other: the first applies the migrations
             process.start()
-        async with nginx_in_front(tmp_path / "nginx", processes) as proxy:
-            yield Cluster(processes, proxy, tenant, db_path)
+        async with nginx_in_front(
+            tmp_path / "nginx", [p.port for p in processes], [p.osmand_port for p in processes]
+        ) as proxy:
+            yield Cluster(processes, proxy, tenant, shared_database)
     finally:
         for process in processes:
             if process.process is not None and process.process.poll() is None:
@@ -375,6 +319,29 @@ async def test_a_killed_process_loses_no_acknowledged_write_and_its_watchers_res
     assert set(poster.acknowledged) <= cluster.stored_timestamps()
 
 
+async def test_redis_restarted_mid_stream_watchers_resync_and_no_position_is_lost(
+    cluster, redis_server, nursery
+):
+    # One watcher on each process (straight to it), the posts through nginx.
+    watchers = [await open_watcher(cluster, nursery, via=p) for p in cluster.processes]
+    poster = Poster(cluster)
+    async with cluster.proxy.client() as http:
+        for watcher in watchers:
+            await post_until_seen(poster, http, watcher)
+        redis_server.stop()
+        for _ in range(9):  # acknowledged by whichever process nginx picks, Redis or not
+            assert await poster.post(http) is not None
+        last = poster.latitude
+        redis_server.start()
+    # No new post: each process tells its watcher to resync and sends the last position.
+    with trio.fail_after(WAIT_SECONDS):
+        for watcher in watchers:
+            while json.loads(await watcher.get_message())["type"] != "resync":
+                pass
+            assert await latitudes(watcher) == [last]
+    assert set(poster.acknowledged) <= cluster.stored_timestamps()
+
+
 async def test_the_sweepers_of_three_processes_expire_each_session_exactly_once(cluster, nursery):
     tenant = cluster.tenant
     watcher = await open_watcher(cluster, nursery, events=True)
@@ -396,10 +363,10 @@ async def test_the_sweepers_of_three_processes_expire_each_session_exactly_once(
             if message["type"] == "event" and message["event"]["type"] == "share.expired":
                 told.append(message["event"]["data"]["id"])
     assert sorted(told) == sorted(session_ids)
-    with sqlite3.connect(cluster.db_path) as conn:
-        stored = [
-            row[0] for row in conn.execute("SELECT data FROM events WHERE type = 'share.expired'")
-        ]
+    stored = [
+        row[0]
+        for row in cluster.database.rows("SELECT data FROM events WHERE type = 'share.expired'")
+    ]
     assert sorted(json.loads(data)["id"] for data in stored) == sorted(session_ids)
 
 
@@ -455,7 +422,7 @@ async def test_serve_workers_runs_processes_on_consecutive_ports_as_one_tracker(
                                 break
                     except httpx.TransportError:
                         await trio.sleep(0.1)
-        cluster = Cluster([first, second], None, tenant, tmp_path / "tracker.db")
+        cluster = Cluster([first, second], None, tenant, None)  # the default SQLite file
         watcher = await open_watcher(cluster, nursery, via=second)
         async with direct(first) as http:
             await post_until_seen(Poster(cluster), http, watcher)
@@ -512,3 +479,40 @@ def test_a_process_killed_without_a_clean_stop_can_be_started_again_at_once(tmp_
     again = ServerProcess(tmp_path)
     again.start()
     assert again.stop(signal.SIGTERM) == 0
+
+
+def test_the_compose_cluster_is_the_documented_one_with_valid_settings_and_nginx(tmp_path):
+    import yaml
+
+    from tests.test_proxy import DEPLOYMENT_DOC, ROOT
+    from tracker.config import load_settings
+
+    text = (ROOT / "deploy" / "compose-cluster.yaml").read_text(encoding="utf-8")
+    assert "```yaml\n" + text + "```" in DEPLOYMENT_DOC.read_text(encoding="utf-8")
+    compose = yaml.safe_load(text)
+    trackers = [name for name in compose["services"] if name.startswith("tracker")]
+    assert trackers == ["tracker1", "tracker2", "tracker3"]
+    for name in trackers:
+        environment = {
+            key: re.sub(r"\$\{POSTGRES_PASSWORD:\?[^}]*\}", "secret", value)
+            for key, value in compose["services"][name]["environment"].items()
+        }
+        settings = load_settings(environ=environment)
+        assert settings.storage.engine == "postgresql"
+        assert settings.broker.url == "redis://redis:6379/0"
+    site = compose["configs"]["nginx-site"]["content"].replace("$$", "$")  # Compose's escape
+    ports = {name: free_port() for name in trackers}
+    for name, port in ports.items():
+        assert f"server {name}:8080 " in site
+        site = site.replace(f"{name}:8080", f"127.0.0.1:{port}")
+    site = site.replace("listen 80;", f"listen 127.0.0.1:{free_port()};")
+    (tmp_path / "temp").mkdir()
+    (tmp_path / "site.conf").write_text(site)
+    (tmp_path / "nginx.conf").write_text(NGINX_MAIN_CONF.format(site=tmp_path / "site.conf"))
+    checked = subprocess.run(
+        [find_binary("nginx"), "-t", "-p", f"{tmp_path}/", "-c", "nginx.conf", "-e", "error.log"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert checked.returncode == 0, checked.stderr

@@ -236,7 +236,11 @@ async def test_export_options_are_checked(http, fleet, route):
 async def test_the_command_line_writes_the_same_file_as_the_server(http, fleet, route, settings):
     params = range_params(format="csv")
     served = await export(http, fleet, "/positions/export", **params)
-    env = {**os.environ, "TRACKER_STORAGE_PATH": settings.storage.path}
+    env = {
+        **os.environ,
+        "TRACKER_STORAGE_PATH": settings.storage.path,
+        "TRACKER_STORAGE_URL": settings.storage.url,
+    }
     command = [sys.executable, "-m", "tracker", "export", "--device", fleet.a.device_token]
     written = subprocess.run(
         [*command, "--from", params["from"], "--to", params["to"], "--format", "csv"],

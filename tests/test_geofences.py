@@ -5,12 +5,12 @@ import time
 import pytest
 
 from tests.conftest import bearer
+from tracker.domain import StoredGeofence
 from tracker.geo import haversine_m
 from tracker.geofences import Geofence, decide
 from tracker.models import Position
 from tracker.store import devices as devices_store
 from tracker.store import events as events_store
-from tracker.store.geofences import StoredGeofence
 
 # A square depot about 220 m a side, with a 50 m square hole (the workshop).
 DEPOT = {

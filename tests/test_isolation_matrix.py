@@ -12,13 +12,13 @@ import trio
 from trio_websocket import ConnectionClosed, open_websocket_url
 
 from tests.conftest import bearer
+from tracker.domain import Webhook
 from tracker.models import Position
 from tracker.store import devices as devices_store
 from tracker.store import geofences as geofences_store
 from tracker.store import sessions as sessions_store
 from tracker.store import trips as trips_store
 from tracker.store import webhooks as webhooks_store
-from tracker.store.webhooks import Webhook
 
 PREFIX = "/api/v1"
 GPX = (

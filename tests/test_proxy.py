@@ -259,20 +259,42 @@ http {{
 
 @asynccontextmanager
 async def run_nginx(workdir: Path, server, settings):
-    """deploy/nginx.conf (IPv6 listens dropped) in a throwaway nginx.conf of its own."""
+    """deploy/nginx.conf in front of the one server."""
+    port = int(server.url.rsplit(":", 1)[1])
+    async with nginx_in_front(
+        workdir, [port], [settings.ingest.osmand_port], settings.server.api_prefix
+    ) as proxy:
+        yield proxy
+
+
+def upstreams(template_line: str, ports: list[int]) -> str:
+    """The template's one `server 127.0.0.1:PORT ...;` line, once per port."""
+    indent, rest = re.match(r"(\s*)server 127\.0\.0\.1:\d+ (.*)", template_line).groups()
+    return "\n".join(f"{indent}server 127.0.0.1:{port} {rest}" for port in ports)
+
+
+@asynccontextmanager
+async def nginx_in_front(
+    workdir: Path, api_ports: list[int], osmand_ports: list[int], api_prefix: str = "/api/v1"
+):
+    """deploy/nginx.conf (IPv6 listens dropped) in a throwaway nginx.conf of its own, with
+    the given tracker processes in its upstream blocks."""
     nginx = find_binary("nginx")
     (workdir / "temp").mkdir(parents=True)
     (workdir / "webroot").mkdir()
     ca = write_certificate(workdir)
     https_port, http_port, osmand_port = free_port(), free_port(), free_port()
+    lines = NGINX_TEMPLATE.read_text(encoding="utf-8").splitlines()
+    api_line = next(line for line in lines if "server 127.0.0.1:8080 " in line)
+    osmand_line = next(line for line in lines if "server 127.0.0.1:5056 " in line)
     site = render(
         NGINX_TEMPLATE,
         {
+            api_line: upstreams(api_line, api_ports),
+            osmand_line: upstreams(osmand_line, osmand_ports),
             "listen 80;": f"listen 127.0.0.1:{http_port};",
             "listen 443 ssl;": f"listen 127.0.0.1:{https_port} ssl;",
             "listen 5055;": f"listen 127.0.0.1:{osmand_port};",
-            "server 127.0.0.1:8080 ": f"server {server.url.removeprefix('http://')} ",
-            "server 127.0.0.1:5056 ": f"server 127.0.0.1:{settings.ingest.osmand_port} ",
             f"/etc/letsencrypt/live/{SERVER_NAME}/": f"{workdir}/",
             "/var/www/html": str(workdir / "webroot"),
         },
@@ -286,7 +308,7 @@ async def run_nginx(workdir: Path, server, settings):
             http=f"http://127.0.0.1:{http_port}",
             osmand=f"http://127.0.0.1:{osmand_port}",
             ssl_context=ssl.create_default_context(cadata=ca.decode()),
-            api_prefix=settings.server.api_prefix,
+            api_prefix=api_prefix,
             buffers_bodies=True,
         )
 

@@ -16,7 +16,7 @@ from trio_websocket import open_websocket_url
 
 from tracker.api import realtime
 from tracker.models import Position
-from tracker.store import Database, devices
+from tracker.store import devices, open_database
 
 
 def fix(lat: float, ts: float) -> Position:
@@ -56,7 +56,7 @@ async def test_a_change_made_by_another_process_shows_in_the_next_snapshot(
             snapshot = await first_snapshot(ws)
             assert (snapshot["Lat"], snapshot["DisplayIdentifier"]) == (51.5, "Alpha Driver")
 
-    other = Database(settings.storage.path)  # as `tracker device ...` would, from its process
+    other = open_database(settings.storage)  # as `tracker device ...` would, from its process
     try:
         other.write_sync(devices.set_profile, fleet.a.device_token, {"full_name": "Zoe Q"})
     finally:

@@ -2,9 +2,18 @@
 
 import time
 
+import pytest
+
 from tracker.models import Position
 from tracker.retention import prune_once
 from tracker.store import positions as positions_store
+
+
+@pytest.fixture
+def settings(settings):
+    # No background pruner: the test prunes once itself. (With a broker, the app's pruner
+    # starts once it gets its lease, which may be after the positions below are stored.)
+    return settings.replace(storage={"retention_days": 0})
 
 
 async def test_old_positions_are_pruned_but_the_latest_is_kept(client, tracker, fleet):

@@ -23,16 +23,16 @@ import httpx
 import pytest
 import trio
 
-from tests.conftest import ServerProcess, bearer
+from tests.conftest import TEST_STORAGE, ServerProcess, SharedDatabase, bearer
 from tests.test_webhooks import Receiver
 from tracker import events, expiry, webhooks
 from tracker.config import WebhookSettings
+from tracker.domain import Lease, Webhook
 from tracker.hub import Hub
 from tracker.leases import LEASE_TTL_SECONDS, LeaseHolder
 from tracker.store import Database, instances, schema
 from tracker.store import leases as leases_store
 from tracker.store import webhooks as webhooks_store
-from tracker.store.webhooks import Webhook
 from tracker.webhooks import Dispatcher
 
 # A dead holder's lease lapses within the TTL, a survivor asks within a third of it,
@@ -44,18 +44,17 @@ EXPIRES_IN_SECONDS = 3
 @dataclass
 class Cluster:
     processes: list[ServerProcess]
-    db_path: str
+    database: SharedDatabase
     instance_id: str
     device_token: str
     admin_token: str
 
     def holder_of(self, lease: str) -> ServerProcess | None:
         """The process whose pid the lease's holder names (None: nobody holds it)."""
-        conn = sqlite3.connect(self.db_path)
-        try:
-            current = leases_store.current(conn, lease)
-        finally:
-            conn.close()
+        rows = self.database.rows(
+            "SELECT name, holder, expires_at FROM leases WHERE name = ?", (lease,)
+        )
+        current = Lease(*rows[0]) if rows else None
         if current is None or current.expires_at < time.time():
             return None
         pid = int(current.holder.rsplit(":", 2)[1])
@@ -71,10 +70,9 @@ def receiver() -> Iterator[Receiver]:
 
 
 @pytest.fixture
-def cluster(tmp_path, redis_server) -> Iterator[Cluster]:
-    db_path = str(tmp_path / "shared.db")
+def cluster(tmp_path, redis_server, shared_database) -> Iterator[Cluster]:
     env = {
-        "TRACKER_STORAGE_PATH": db_path,
+        **shared_database.env,
         "TRACKER_BROKER_URL": redis_server.url,
         "TRACKER_AUTH_JWT_SECRET": "r" * 48,
         "TRACKER_WEBHOOKS_ALLOW_PRIVATE_TARGETS": "true",
@@ -91,7 +89,9 @@ def cluster(tmp_path, redis_server) -> Iterator[Cluster]:
     try:
         for process in processes:  # one after the other: the first applies the migrations
             process.start()
-        yield Cluster(processes, db_path, instance_id, device["device_token"], admin_token.strip())
+        yield Cluster(
+            processes, shared_database, instance_id, device["device_token"], admin_token.strip()
+        )
     finally:
         for process in processes:
             if process.process is not None and process.process.poll() is None:
@@ -184,7 +184,16 @@ async def test_when_the_sweeping_process_is_killed_another_takes_over(cluster, r
 
 
 @pytest.fixture
-def conn() -> Iterator[sqlite3.Connection]:
+def conn(request) -> Iterator[sqlite3.Connection]:
+    if TEST_STORAGE == "postgresql":  # the same rules on PostgreSQL (tracker/store/postgres.py)
+        from tracker.store.postgres import PostgresDatabase, connect
+
+        url = request.getfixturevalue("postgres_url")
+        PostgresDatabase(url).close()  # its migrations
+        conn = connect(url)
+        yield conn
+        conn.raw.close()
+        return
     conn = sqlite3.connect(":memory:", isolation_level=None)
     schema.migrate(conn)
     yield conn
@@ -258,8 +267,14 @@ async def until(condition, timeout: float = 20) -> None:
 
 
 @pytest.fixture
-def databases(tmp_path) -> Iterator[tuple[Database, Database]]:
-    first, second = Database(tmp_path / "leases.db"), Database(tmp_path / "leases.db")
+def databases(tmp_path, request) -> Iterator[tuple[Database, Database]]:
+    if TEST_STORAGE == "postgresql":
+        from tracker.store.postgres import PostgresDatabase
+
+        url = request.getfixturevalue("postgres_url")
+        first, second = PostgresDatabase(url), PostgresDatabase(url)
+    else:
+        first, second = Database(tmp_path / "leases.db"), Database(tmp_path / "leases.db")
     yield first, second
     first.close()
     second.close()
@@ -299,8 +314,15 @@ async def test_a_holder_that_cannot_renew_stops_before_its_lease_lapses(database
     a = LeaseHolder(databases[0], "a", TTL * 2)  # its job stops 0.5 s before its lease lapses
     nursery.start_soon(a.run, "sweeper", job.for_holder("a"))
     await until(lambda: "a" in job.running)
-    blocker = sqlite3.connect(databases[1].path, isolation_level=None)
-    blocker.execute("BEGIN IMMEDIATE")  # another process holds the write lock: renewals wait
+    if TEST_STORAGE == "postgresql":  # another process holds the lease's row: renewals wait
+        from tracker.store.postgres import connect
+
+        blocker = connect(databases[1].url).raw
+        blocker.execute("BEGIN")
+        blocker.execute("SELECT 1 FROM leases WHERE name = 'sweeper' FOR UPDATE")
+    else:
+        blocker = sqlite3.connect(databases[1].path, isolation_level=None)
+        blocker.execute("BEGIN IMMEDIATE")  # another process holds the write lock: renewals wait
     try:
         await until(lambda: "a" in job.stopped_at)
         lease = await databases[1].read(leases_store.current, "sweeper")

@@ -41,9 +41,9 @@ class Cluster:
 
 
 @pytest.fixture
-def cluster(tmp_path, redis_server) -> Iterator[Cluster]:
+def cluster(tmp_path, redis_server, shared_database) -> Iterator[Cluster]:
     env = {
-        "TRACKER_STORAGE_PATH": str(tmp_path / "shared.db"),
+        **shared_database.env,
         "TRACKER_BROKER_URL": redis_server.url,
         "TRACKER_AUTH_JWT_SECRET": "s" * 48,
     }
@@ -210,3 +210,48 @@ async def test_after_redis_comes_back_a_watcher_is_told_to_resync_and_gets_what_
         while json.loads(await ws.get_message())["type"] != "resync":
             pass
         assert await next_latitude(ws) == missed
+
+
+async def test_a_geofence_drawn_through_one_process_fires_on_a_fix_posted_to_the_other(
+    cluster, nursery
+):
+    fleet = cluster.fleet
+    poster = Poster(cluster)
+    await poster.post(cluster.first)  # the first process's writer has looked: no fences yet
+    admin = cluster.first.cli(
+        "token", "create", "--instance", fleet.instance_id, "--scope", "admin"
+    ).strip()
+    async with httpx.AsyncClient(base_url=cluster.second.url + "/api/v1", timeout=10) as http:
+        response = await http.post(
+            f"/geofences?instance_id={fleet.instance_id}",
+            json={"name": "Depot", "circle": {"latitude": 45.0, "longitude": 8.5, "radius_m": 500}},
+            headers={"Authorization": f"Bearer {admin}"},
+        )
+        assert response.status_code == 201, response.text
+    ws = await nursery.start(
+        _open, cluster.first.url.replace("http://", "ws://") + "/api/v1/ws/realtime"
+    )
+    await ws.send_message(
+        json.dumps(
+            {
+                "type": "authenticate",
+                "jwt": fleet.read_token,
+                "instance_id": fleet.instance_id,
+                "events": True,
+            }
+        )
+    )
+    async with httpx.AsyncClient(base_url=cluster.first.url + "/api/v1", timeout=10) as http:
+        response = await http.post(
+            f"/devices/{fleet.device_token}/positions",
+            json={"latitude": 45.0, "longitude": 8.5, "timestamp": time.time()},
+            headers={"X-Ingest-Key": fleet.ingest_key},
+        )
+        assert response.status_code == 201, response.text
+    with trio.fail_after(WAIT_SECONDS):
+        while True:
+            message = json.loads(await ws.get_message())
+            if message["type"] == "event":
+                assert message["event"]["type"] == "geofence.entered"
+                assert message["event"]["data"]["geofence_name"] == "Depot"
+                break

@@ -40,9 +40,13 @@ def fix(ts: float, latitude: float = 51.5) -> dict:
     return {"latitude": latitude, "longitude": -0.12, "timestamp": ts}
 
 
-def in_another_process(db_path: str, code: str) -> None:
-    """Run `code` with `db` (tracker's store on the same file) in a child Python process."""
-    script = f"from tracker.store import Database\ndb = Database({db_path!r})\n"
+def in_another_process(database, code: str) -> None:
+    """Run `code` with `db` (tracker's store on the same database) in a child Python process."""
+    if database.dialect == "postgresql":
+        script = "from tracker.store.postgres import PostgresDatabase\n"
+        script += f"db = PostgresDatabase({database.url!r})\n"
+    else:
+        script = f"from tracker.store import Database\ndb = Database({database.path!r})\n"
     script += textwrap.dedent(code) + "\ndb.close()\n"
     result = subprocess.run(
         [sys.executable, "-c", script], capture_output=True, text=True, timeout=60
@@ -50,10 +54,10 @@ def in_another_process(db_path: str, code: str) -> None:
     assert result.returncode == 0, result.stderr
 
 
-def store_fix_elsewhere(db_path: str, device_token: str, ts: float, latitude: float) -> None:
+def store_fix_elsewhere(database, device_token: str, ts: float, latitude: float) -> None:
     """Another process stores a fix and makes it the device's live position."""
     in_another_process(
-        db_path,
+        database,
         f"""
         from tracker.models import Position
         from tracker.store import positions
@@ -68,7 +72,7 @@ def store_fix_elsewhere(db_path: str, device_token: str, ts: float, latitude: fl
 
 async def test_a_fix_another_process_stored_is_a_duplicate_here(http, tracker, fleet):
     assert await post(http, fleet.a, fix(NOW - 60)) == {"accepted": 1, "duplicates": 0}
-    store_fix_elsewhere(tracker.db.path, fleet.a.device_token, NOW - 30, 51.6)
+    store_fix_elsewhere(tracker.db, fleet.a.device_token, NOW - 30, 51.6)
 
     answer = await post(http, fleet.a, fix(NOW - 30), fix(NOW - 20, 51.7))
 
@@ -78,7 +82,7 @@ async def test_a_fix_another_process_stored_is_a_duplicate_here(http, tracker, f
 
 async def test_a_newer_fix_another_process_stored_stays_the_live_position(http, tracker, fleet):
     await post(http, fleet.a, fix(NOW - 60))
-    store_fix_elsewhere(tracker.db.path, fleet.a.device_token, NOW - 10, 51.6)
+    store_fix_elsewhere(tracker.db, fleet.a.device_token, NOW - 10, 51.6)
 
     # Newer than what this server stored, older than the other process's fix: a backlog.
     await post(http, fleet.a, fix(NOW - 30, 51.7))
@@ -99,7 +103,7 @@ async def test_a_device_renamed_by_another_process_is_named_so_on_the_next_live_
         await post(http, fleet.a, fix(NOW - 20))
         assert (await receive(ws))["DisplayIdentifier"] == "Alpha Driver"
         in_another_process(
-            tracker.db.path,
+            tracker.db,
             f"""
             from tracker.store import devices
             db.write_sync(devices.set_profile, {fleet.a.device_token!r}, {{"full_name": "Zoe Q"}})

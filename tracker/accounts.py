@@ -31,8 +31,8 @@ from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
 from tracker.auth import ALL_INSTANCES, Scope, TokenVerifier
+from tracker.domain import User
 from tracker.ratelimit import RateLimiter
-from tracker.store.users import User
 
 ROLES = ("admin", "viewer")
 ROLE_SCOPES: dict[str, Scope] = {"admin": "admin", "viewer": "read"}

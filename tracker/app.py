@@ -34,7 +34,7 @@ from tracker.leases import LeaseHolder, new_holder
 from tracker.metrics import Metrics
 from tracker.ratelimit import RateLimiter
 from tracker.sendguard import GuardedResponses
-from tracker.store import Database, server_keys
+from tracker.store import Database, open_database, server_keys
 from tracker.websocket import Connection, Handler, WebSocketRouter
 from tracker.writer import Writer
 
@@ -57,7 +57,7 @@ def open_verifier(settings: Settings, db: Database) -> TokenVerifier:
         log.warning(
             "auth.jwt_secret is empty: generated one and kept it in %s, so tokens "
             "minted by `tracker token create` work; set TRACKER_AUTH_JWT_SECRET in production",
-            db.path,
+            db.name,
         )
     return TokenVerifier(auth, secret)
 
@@ -129,7 +129,7 @@ def create_app(settings: Settings, db: Database | None = None) -> Quart:
     # TypeAdapter per response (~30 us each); every handler here returns JSON-ready
     # dicts, so the app's own make_response serves.
     del app.make_response
-    db = db or Database(settings.storage.path, settings.storage.synchronous)
+    db = db or open_database(settings.storage)
     hub = Hub()
     broker = open_broker(settings.broker.url, hub)
     metrics = Metrics()

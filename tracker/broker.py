@@ -59,10 +59,10 @@ import trio
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from tracker.domain import StoredEvent
 from tracker.hub import Hub, LiveFix
 from tracker.models import Position
 from tracker.sharing import SessionChanged, SessionEnded
-from tracker.store.events import StoredEvent
 
 log = logging.getLogger("tracker.broker")
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from tracker import __version__
 from tracker.auth import SCOPES, AuthConfigError, parse_ttl
-from tracker.config import ConfigError, Settings, load_settings
+from tracker.config import ConfigError, Settings, load_settings, redacted_url
 from tracker.errors import StorageUnavailable
 from tracker.models import (
     DeviceToken,
@@ -30,7 +30,7 @@ from tracker.models import (
     Profile,
     validated,
 )
-from tracker.store import Database, devices, instances
+from tracker.store import Database, devices, instances, open_database
 
 log = logging.getLogger("tracker")
 
@@ -52,14 +52,23 @@ def _emit(args: argparse.Namespace, value: dict, text: str) -> None:
 
 
 def _open_database(settings: Settings) -> Database:
-    path = Path(settings.storage.path)
+    if settings.storage.engine == "postgresql":
+        try:
+            return open_database(settings.storage)
+        except StorageUnavailable as error:
+            raise CommandError(
+                f"cannot open the database {redacted_url(settings.storage.url)} ({error}): check"
+                " that PostgreSQL runs and the URL is right, or set storage.url"
+                " (TRACKER_STORAGE_URL)"
+            ) from None
+    path = Path(settings.storage.sqlite_path)
     if not path.resolve().parent.is_dir():
         raise CommandError(
             f"cannot open the database {path}: the directory {path.resolve().parent} does not"
             " exist; create it, or set storage.path (TRACKER_STORAGE_PATH)"
         )
     try:
-        return Database(settings.storage.path, settings.storage.synchronous)
+        return open_database(settings.storage)
     except (sqlite3.Error, StorageUnavailable) as error:
         raise CommandError(
             f"cannot open the database {path} ({error}): check that {path.resolve().parent}"
@@ -296,14 +305,46 @@ def cmd_token_create(args: argparse.Namespace, settings: Settings) -> None:
 def cmd_backup(args: argparse.Namespace, settings: Settings) -> None:
     from tracker.store.backup import BackupError, backup_database
 
+    if settings.storage.engine == "postgresql":
+        raise CommandError(
+            "tracker backup copies a SQLite file; back a PostgreSQL database up with pg_dump"
+        )
     try:
-        done = backup_database(settings.storage.path, args.path, overwrite=args.force)
+        done = backup_database(settings.storage.sqlite_path, args.path, overwrite=args.force)
     except BackupError as error:
         raise CommandError(str(error)) from None
     _emit(
         args,
         {"path": str(done.path), "size_bytes": done.size_bytes, "positions": done.positions},
         f"{done.path}: {done.size_bytes} bytes, {done.positions} positions, integrity ok",
+    )
+
+
+def cmd_migrate_data(args: argparse.Namespace, settings: Settings) -> None:
+    from tracker.config import engine_of
+    from tracker.migrate_data import Copied, MigrationRefused, migrate_data
+
+    for option, url in (("--from", args.source), ("--to", args.target)):
+        try:
+            engine_of(url)
+        except ValueError as error:
+            raise CommandError(f"{option}: {error}") from None
+
+    def progress(each: Copied) -> None:
+        if not getattr(args, "json", False):
+            print(f"{each.table}: {each.rows} rows")
+
+    try:
+        copied = migrate_data(args.source, args.target, progress)
+    except MigrationRefused as refused:
+        raise CommandError(str(refused)) from None
+    except StorageUnavailable as error:
+        raise CommandFailed(f"cannot migrate: {error}") from None
+    total = sum(each.rows for each in copied)
+    _emit(
+        args,
+        {"tables": {each.table: each.rows for each in copied}, "rows": total},
+        f"copied {total} rows; every table's count checked",
     )
 
 
@@ -505,6 +546,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     backup.add_argument("path", help="the backup file to write")
     backup.add_argument("--force", action="store_true", help="replace PATH if it exists")
+    migrate = command(
+        commands,
+        "migrate-data",
+        cmd_migrate_data,
+        "copy every device, key, position, trip and session to an empty database",
+    )
+    migrate.add_argument("--from", dest="source", required=True, help="e.g. sqlite:///tracker.db")
+    migrate.add_argument(
+        "--to", dest="target", required=True, help="e.g. postgresql://user:pass@host/db"
+    )
     user = commands.add_parser("user", help="manage console users")
     user_commands = user.add_subparsers(dest="action", required=True, metavar="ACTION")
     user_add = command(user_commands, "add", cmd_user_add, "add a console user")

@@ -71,6 +71,51 @@ class StorageSettings(_Section):
     path: str = "tracker.db"
     synchronous: Literal["normal", "full"] = "normal"
     retention_days: int = Field(90, ge=0)
+    # empty: sqlite:/// + path; sqlite:///relative.db, sqlite:////abs.db or
+    # postgresql://user:password@host:port/database (tracker/store/postgres.py)
+    url: str = ""
+
+    @field_validator("url")
+    @classmethod
+    def _url_shape(cls, value: str) -> str:
+        if value:
+            engine_of(value)
+        return value
+
+    @property
+    def engine(self) -> str:
+        """ "sqlite" or "postgresql"."""
+        return engine_of(self.url) if self.url else "sqlite"
+
+    @property
+    def sqlite_path(self) -> str:
+        """The SQLite file: the URL's path (sqlite:///x.db is x.db, sqlite:////x.db is /x.db)."""
+        return self.url.removeprefix("sqlite://")[1:] if self.url else self.path
+
+
+def engine_of(url: str) -> str:
+    """The engine a storage URL names; ValueError (without the URL, which may hold a password)."""
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 (raises on a bad port)
+    except ValueError:
+        raise ValueError("not a URL with a valid port") from None
+    if parts.scheme == "sqlite":
+        if parts.netloc or not parts.path[1:] or parts.query or parts.fragment:
+            raise ValueError(
+                "a SQLite URL is sqlite:///relative/path.db or sqlite:////absolute/path.db"
+            )
+        return "sqlite"
+    if parts.scheme in ("postgresql", "postgres"):
+        if not parts.path[1:]:
+            raise ValueError("a PostgreSQL URL is postgresql://user:password@host[:port]/database")
+        return "postgresql"
+    raise ValueError("must be empty, sqlite:///path.db or postgresql://user:password@host/db")
+
+
+def redacted_url(url: str) -> str:
+    """The URL without its password, for logs and messages."""
+    return str(_without_password(url))
 
 
 class BrokerSettings(_Section):
@@ -289,7 +334,7 @@ def _validate(data: dict) -> Settings:
         for item in error.errors():
             key = ".".join(str(part) for part in item["loc"])
             shown = item.get("input")
-            if key in ("ingest.mqtt_url", "broker.url"):
+            if key in ("ingest.mqtt_url", "broker.url", "storage.url"):
                 shown = _without_password(shown)
             problems.append(f"{key}: {item['msg']} (got {shown!r})")
         raise ConfigError("invalid configuration: " + "; ".join(problems)) from None

@@ -30,12 +30,12 @@ from datetime import UTC, datetime
 from typing import Any
 
 from tracker.broker import Publisher
+from tracker.domain import ShareSession
+from tracker.domain import StoredEvent as Event
 from tracker.hub import events_topic, session_topic
 from tracker.sharing import SessionChanged, SessionEnded, admin_view
 from tracker.store import events as events_store
 from tracker.store import sessions as sessions_store
-from tracker.store.events import StoredEvent as Event
-from tracker.store.sessions import ShareSession
 
 OUTBOX_TOPIC = "outbox"  # a nudge for the webhook dispatcher: new events are committed
 

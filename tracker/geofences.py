@@ -28,10 +28,10 @@ import sqlite3
 from dataclasses import dataclass
 
 from tracker import events
+from tracker.domain import StoredGeofence
 from tracker.geo import EARTH_MEAN_RADIUS_M, haversine_m
 from tracker.models import Position
 from tracker.store import geofences as geofences_store
-from tracker.store.geofences import StoredGeofence
 
 MARGIN_M = 10.0
 MAX_VERTICES = 2000
@@ -166,11 +166,24 @@ def polygon_problem(polygon: dict) -> str | None:
 
 
 class GeofenceIndex:
-    """Each instance's fences, loaded once and forgotten when one changes (writer thread)."""
+    """Each instance's fences, loaded once and forgotten when one changes (writer thread).
+
+    A change through this process forgets the instance's fences in its own
+    transaction; one through another process moves the geofence generation
+    (a trigger), which `refresh` reads once per commit and forgets all on."""
 
     def __init__(self) -> None:
         self._fences: dict[str, list[Geofence]] = {}
         self._by_device: dict[str, dict[str, list[Geofence]]] = {}
+        self._generation: int | None = None
+
+    def refresh(self, conn: sqlite3.Connection) -> None:
+        """Forget every instance's fences if any fence changed since the last look."""
+        generation = geofences_store.generation(conn)
+        if generation != self._generation:
+            self._fences.clear()
+            self._by_device.clear()
+            self._generation = generation
 
     def for_instance(self, conn: sqlite3.Connection, instance_id: str) -> list[Geofence]:
         fences = self._fences.get(instance_id)

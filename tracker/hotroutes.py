@@ -43,12 +43,12 @@ from tracker import jsoncodec
 from tracker.api.positions import position_body
 from tracker.auth import Principal
 from tracker.context import Tracker
+from tracker.domain import Device
 from tracker.errors import TrackerError, error_body
 from tracker.ingest.native import IngestError, parse_native
 from tracker.ingest.osmand import parse_osmand_params
 from tracker.ingest.owntracks import parse_owntracks
 from tracker.models import Position
-from tracker.store.devices import Device
 from tracker.store.hotreads import HotReads
 from tracker.timefmt import TimeFormatError, TimeStyle
 from tracker.writer import DeviceGone

@@ -40,10 +40,10 @@ from collections.abc import Awaitable, Callable
 
 import trio
 
+from tracker.domain import Lease
 from tracker.errors import StorageUnavailable
 from tracker.store import Database
 from tracker.store import leases as leases_store
-from tracker.store.leases import Lease
 
 log = logging.getLogger("tracker.leases")
 

@@ -28,11 +28,11 @@ from pydantic import ValidationError
 
 from tracker import jsoncodec
 from tracker.config import UserServiceSettings
+from tracker.domain import Device
 from tracker.errors import describe_validation_error
 from tracker.models import PROFILE_FIELDS, Profile
 from tracker.store import Database
 from tracker.store import devices as device_store
-from tracker.store.devices import Device
 
 FALLBACK_FIELDS = ("full_name", "nickname", "email", "client_id")
 DISPLAY_FIELDS = PROFILE_FIELDS

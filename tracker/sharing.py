@@ -24,9 +24,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from tracker.config import Settings
+from tracker.domain import ACTIVE, EXPIRED, ShareSession
 from tracker.geo import eta_seconds, haversine_m, smoothed_speed
 from tracker.models import Position
-from tracker.store.sessions import ACTIVE, EXPIRED, ShareSession
 
 SHARE_TOKEN_LENGTH = 22
 _BASE62 = string.digits + string.ascii_letters

@@ -56,6 +56,7 @@ from standardwebhooks import Webhook as Signer
 
 from tracker import __version__, jsoncodec
 from tracker.config import WebhookSettings
+from tracker.domain import Delivery, Webhook
 from tracker.errors import StorageUnavailable
 from tracker.events import OUTBOX_TOPIC, Event, envelope
 from tracker.hub import Hub, Mailbox
@@ -63,7 +64,6 @@ from tracker.store import Database
 from tracker.store import events as events_store
 from tracker.store import leases as leases_store
 from tracker.store import webhooks as webhooks_store
-from tracker.store.webhooks import Delivery, Webhook
 
 log = logging.getLogger("tracker.webhooks")
 

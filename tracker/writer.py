@@ -18,6 +18,10 @@ the same whatever the length of its trip; a fix newer than the device's latest
 valid one becomes the live position. Older fixes (a backlog) are stored in
 their trip and never broadcast as live.
 
+On PostgreSQL, where several processes may write at once, the transaction
+first locks each device of the batch (`devices.lock_for_ingest`), so two
+processes ingesting one device take turns and never split or double a trip.
+
 Events (tracker/events.py) are written in the same transaction and announced
 after it: `device.online` when a live fix follows `offline_after_seconds` of
 silence, `trip.started` when a live fix starts a trip, `share.arrived` when a
@@ -39,6 +43,7 @@ import trio
 
 from tracker import events
 from tracker.broker import Publisher
+from tracker.domain import COMPLETED, Device
 from tracker.errors import StorageUnavailable
 from tracker.geofences import GeofenceIndex, check_live_fixes
 from tracker.hub import LiveFix
@@ -50,7 +55,6 @@ from tracker.store import Database, devices
 from tracker.store import positions as positions_store
 from tracker.store import sessions as sessions_store
 from tracker.store import trips as trips_store
-from tracker.store.sessions import COMPLETED
 from tracker.trips import Trip, choose_trip
 
 log = logging.getLogger("tracker.writer")
@@ -95,7 +99,8 @@ class Writer:
         self.arrival_radius_m = arrival_radius_m
         self.offline_after_seconds = offline_after_seconds
         self.geofences = GeofenceIndex()  # used and changed only in the writer thread
-        self.memory = DeviceMemory()  # likewise
+        # likewise; SQLite only: PostgreSQL has no data_version to tell another's commit
+        self.memory = DeviceMemory() if getattr(db, "dialect", "sqlite") == "sqlite" else None
         self._send, self._receive = trio.open_memory_channel[_Request](QUEUE_REQUESTS)
 
     async def submit(self, device_token: str, positions: list[Position]) -> IngestResult:
@@ -138,7 +143,8 @@ class Writer:
                 self.memory,
             )
         except Exception as error:  # answered as a 5xx by the caller; nothing was stored
-            self.memory.forget()
+            if self.memory is not None:
+                self.memory.forget()
             if not isinstance(error, StorageUnavailable):  # that one the store has logged
                 log.exception("commit of %d ingest requests failed", len(batch))
             self.metrics.commit_failed()
@@ -146,7 +152,8 @@ class Writer:
                 request.error = error
                 request.done.set()
             return
-        self.memory.committed()
+        if self.memory is not None:
+            self.memory.committed()
         self.metrics.committed(
             sum(len(r.positions) for r in batch),
             sum(r.accepted for r in results if isinstance(r, IngestResult)),
@@ -179,7 +186,7 @@ class DeviceMemory:
     """
 
     def __init__(self) -> None:
-        self.devices: dict[str, devices.Device] = {}
+        self.devices: dict[str, Device] = {}
         self.latest: dict[str, float | None] = {}
         self.newest_stored: dict[str, float] = {}  # -inf: the device has no fix stored
         self._seal: tuple[int, int] | None = None  # (data_version, total_changes), confirmed
@@ -215,8 +222,9 @@ class _BatchState:
     def __init__(self, conn: sqlite3.Connection, gap: float, memory: DeviceMemory | None = None):
         self.conn = conn
         self.gap = gap
+        self.kept = memory is not None  # else a memory of this commit alone
         self.memory = memory if memory is not None else DeviceMemory()
-        self.devices: dict[str, devices.Device | None] = {}
+        self.devices: dict[str, Device | None] = {}
         self.latest: dict[str, float | None] = {}
         self.previous: dict[str, float | None] = {}  # the live fix's time before this batch
         self.started: set[tuple[str, str]] = set()  # trips this batch started
@@ -228,7 +236,7 @@ class _BatchState:
         self.touched: set[tuple[str, str]] = set()
         self.joined: dict[tuple[str, str], list[Position]] = {}  # per trip, not stored yet
 
-    def device(self, token: str) -> devices.Device | None:
+    def device(self, token: str) -> Device | None:
         if token not in self.devices:
             memory = self.memory
             device = memory.devices.get(token)
@@ -253,6 +261,8 @@ class _BatchState:
 
     def remember(self) -> None:
         """What this commit leaves for the next (kept once the commit is on disk)."""
+        if not self.kept:
+            return
         memory = self.memory
         for token, seen in self.seen.items():
             if seen:
@@ -339,6 +349,7 @@ def commit_batch(
     this commit emitted. `memory` carries what the writer knew of each device
     from its previous commit (see DeviceMemory); without it, everything is read.
     """
+    devices.lock_for_ingest(conn, [token for token, _ in requests])
     if memory is not None:
         memory.recall(conn)
     state = _BatchState(conn, gap, memory)
@@ -381,6 +392,8 @@ def commit_batch(
 
     live = []
     emitted: list[events.Event] = []
+    if geofences is not None and state.newest:
+        geofences.refresh(conn)
     for token, (position, track_token) in state.newest.items():
         positions_store.set_latest(conn, token, position.timestamp)
         device = state.devices[token]

@@ -16,9 +16,9 @@ from quart import request
 
 from tracker.auth import Principal, Scope, bearer_token
 from tracker.context import current
+from tracker.domain import Device
 from tracker.errors import BadRequest
 from tracker.store import devices as device_store
-from tracker.store.devices import Device
 from tracker.timefmt import TimeFormatError, TimeStyle
 
 MAX_PAGE_SIZE = 500

@@ -32,12 +32,12 @@ from tracker.api.schemas import (
 )
 from tracker.auth import Principal
 from tracker.context import current
+from tracker.domain import StoredGeofence
 from tracker.errors import BadRequest, NotFound, Unprocessable
 from tracker.geofences import GeofenceIndex, polygon_problem
 from tracker.models import ShortText
 from tracker.store import devices as devices_store
 from tracker.store import geofences as geofences_store
-from tracker.store.geofences import StoredGeofence
 
 blueprint = Blueprint("geofences", __name__)
 tag_blueprint(blueprint, ["geofences"])

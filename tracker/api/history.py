@@ -56,6 +56,7 @@ from tracker.api.schemas import (
 )
 from tracker.auth import Principal
 from tracker.context import current
+from tracker.domain import Device
 from tracker.errors import BadRequest, NotFound, Unprocessable
 from tracker.exports import FORMATS, MEDIA_TYPES, ExportHeader, Writer, writer_for
 from tracker.ingest.gpx import parse_gpx
@@ -64,7 +65,6 @@ from tracker.models import InvalidField, parse_timestamp
 from tracker.profiles import display_value
 from tracker.store import positions as positions_store
 from tracker.store import trips as trips_store
-from tracker.store.devices import Device
 from tracker.timefmt import TimeStyle
 from tracker.trips import Trip
 from tracker.writer import DeviceGone, IngestResult

@@ -49,6 +49,7 @@ from tracker.api.schemas import (
 )
 from tracker.auth import bearer_token
 from tracker.context import current
+from tracker.domain import Device
 from tracker.errors import BadRequest, NotFound, Unauthorized, Unprocessable
 from tracker.ingest import ulogger
 from tracker.ingest.native import IngestError, parse_native
@@ -95,7 +96,7 @@ def _client() -> str:
     return request.remote_addr or "?"
 
 
-async def _store(device: devices.Device, positions: list[Position]) -> IngestResult:
+async def _store(device: Device, positions: list[Position]) -> IngestResult:
     try:
         return await current().writer.submit(device.token, positions)
     except DeviceGone:
@@ -105,7 +106,7 @@ async def _store(device: devices.Device, positions: list[Position]) -> IngestRes
 # -- native JSON -------------------------------------------------------------
 
 
-async def _native_device(device_token: str) -> devices.Device:
+async def _native_device(device_token: str) -> Device:
     key = request.headers.get("X-Ingest-Key")
     if key is not None:
         device = await current().db.read(devices.by_ingest_key, key)
@@ -159,7 +160,7 @@ def _parse_form(body: bytes) -> list[tuple[str, str]]:
         raise IngestError(None, "body", "form body is not valid UTF-8") from None
 
 
-async def _osmand_device(identifier: str) -> devices.Device:
+async def _osmand_device(identifier: str) -> Device:
     tracker = current()
     device = await tracker.db.read(devices.by_ingest_key, identifier)
     if device is not None:
@@ -182,7 +183,7 @@ async def _osmand(*, speed_in_knots: bool = True) -> Response:
         fixes = _osmand_fixes(body, speed_in_knots)
     except (IngestError, jsoncodec.JSONDecodeError) as error:
         raise BadRequest(str(error)) from None
-    by_device: dict[str, tuple[devices.Device, list[Position]]] = {}
+    by_device: dict[str, tuple[Device, list[Position]]] = {}
     for fix in fixes:
         if fix.identifier not in by_device:
             by_device[fix.identifier] = (await _osmand_device(fix.identifier), [])
@@ -364,7 +365,7 @@ async def ulogger_client() -> Response:
     return _ulogger_answer({"error": True, "message": "Unknown command"})
 
 
-async def _ulogger_device(cookie: str) -> devices.Device | None:
+async def _ulogger_device(cookie: str) -> Device | None:
     tracker = current()
     session = ulogger.session_device(cookie, time.time())
     if session is None:

@@ -37,11 +37,11 @@ from tracker.api.schemas import (
 )
 from tracker.auth import Principal
 from tracker.context import current
+from tracker.domain import Device
 from tracker.errors import BadRequest, NotFound, Unprocessable
 from tracker.models import DisplayField, ShortText
 from tracker.profiles import DISPLAY_FIELDS, RefreshReport, display_value, refresh_profiles
 from tracker.store import devices, instances
-from tracker.store.devices import Device
 
 blueprint = Blueprint("metadata", __name__)
 tag_blueprint(blueprint, ["metadata"])

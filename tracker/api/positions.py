@@ -33,12 +33,12 @@ from tracker.api.schemas import (
 )
 from tracker.auth import Principal
 from tracker.context import current
+from tracker.domain import Device
 from tracker.errors import NotFound
 from tracker.models import Position
 from tracker.profiles import display_value
 from tracker.store import positions as positions_store
 from tracker.store import trips as trips_store
-from tracker.store.devices import Device
 from tracker.timefmt import TimeStyle
 from tracker.trips import Trip
 

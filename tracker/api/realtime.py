@@ -43,6 +43,7 @@ from tracker import jsoncodec
 from tracker.auth import Principal
 from tracker.broker import RESYNC_TOPIC
 from tracker.context import Tracker
+from tracker.domain import DeviceFix
 from tracker.errors import StorageUnavailable, TrackerError
 from tracker.events import Event, envelope
 from tracker.geo import metres_to_feet, mps_to_mph
@@ -254,7 +255,7 @@ async def _first_message(tracker: Tracker, connection: Connection) -> dict[str, 
     raise StreamRefused(TIMEOUT, "no authenticate message in time")
 
 
-def _snapshot_fix(row: positions_store.DeviceFix) -> LiveFix:
+def _snapshot_fix(row: DeviceFix) -> LiveFix:
     return LiveFix(
         instance_id=row.instance_id,
         device_token=row.device_token,
@@ -537,7 +538,7 @@ async def run_resyncs(
                     hub.publish(topic, device_token, fix)
 
 
-def _by_device(rows: list[positions_store.DeviceFix]) -> dict[str, LiveFix]:
+def _by_device(rows: list[DeviceFix]) -> dict[str, LiveFix]:
     return {row.device_token: _snapshot_fix(row) for row in rows}
 
 

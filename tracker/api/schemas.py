@@ -39,9 +39,9 @@ from tracker.api import (
     MAX_PAGE_SIZE,
     MAX_WAYPOINT_PAGE,
 )
+from tracker.domain import STATUSES
 from tracker.ingest.native import MAX_BATCH_POSITIONS
 from tracker.models import MAX_TRACK_TOKEN_LENGTH, DisplayField
-from tracker.store.sessions import STATUSES
 
 T = TypeVar("T", bound=Callable)
 

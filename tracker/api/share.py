@@ -30,6 +30,7 @@ from tracker import jsoncodec
 from tracker.api.schemas import PublicShare, QrCode, document_errors
 from tracker.broker import RESYNC_TOPIC, Resync
 from tracker.context import Tracker, current
+from tracker.domain import ACTIVE, EXPIRED, ShareSession
 from tracker.errors import Gone, NotFound, RateLimited
 from tracker.hub import LiveFix, device_topic, session_topic
 from tracker.models import Position
@@ -54,7 +55,6 @@ from tracker.sharing import (
 from tracker.store import devices
 from tracker.store import positions as positions_store
 from tracker.store import sessions as sessions_store
-from tracker.store.sessions import ACTIVE, EXPIRED, ShareSession
 from tracker.websocket import BAD_TOKEN, NORMAL, Connection, Frame, run_connection
 
 blueprint = Blueprint("share", __name__)

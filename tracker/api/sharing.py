@@ -34,6 +34,7 @@ from tracker.api.schemas import ShareSession as ShareSessionView
 from tracker.api.share import device_state
 from tracker.auth import Principal
 from tracker.context import current
+from tracker.domain import ACTIVE, CANCELLED, COMPLETED, STATUSES, ShareSession
 from tracker.errors import BadRequest, Conflict, Unprocessable
 from tracker.models import LongText, ShortText
 from tracker.sharing import (
@@ -45,7 +46,6 @@ from tracker.sharing import (
     new_share_token,
 )
 from tracker.store import sessions as sessions_store
-from tracker.store.sessions import ACTIVE, CANCELLED, COMPLETED, STATUSES, ShareSession
 
 blueprint = Blueprint("sharing", __name__)
 tag_blueprint(blueprint, ["sharing"])

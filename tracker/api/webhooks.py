@@ -35,11 +35,11 @@ from tracker.api.schemas import (
 )
 from tracker.auth import Principal
 from tracker.context import current
+from tracker.domain import Webhook
 from tracker.errors import BadRequest, NotFound, Unprocessable
 from tracker.models import ShortText
 from tracker.store import events as events_store
 from tracker.store import webhooks as webhooks_store
-from tracker.store.webhooks import Webhook
 from tracker.webhooks import UnsafeTarget, new_secret, resolve_target
 
 blueprint = Blueprint("webhooks", __name__)

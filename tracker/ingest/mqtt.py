@@ -42,6 +42,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from tracker import jsoncodec
 from tracker.config import MqttBroker
+from tracker.domain import Device
 from tracker.errors import StorageUnavailable
 from tracker.ingest.native import IngestError
 from tracker.ingest.owntracks import parse_owntracks
@@ -145,7 +146,7 @@ class MqttIngest:
         """Store a batch's locations, then acknowledge in order what is done with."""
         outcomes: list[str] = []  # per delivery: a result, or "device:<token>" while pending
         by_device: dict[str, list[Position]] = {}
-        known: dict[str, devices.Device | None] = {}
+        known: dict[str, Device | None] = {}
         for delivery in batch:
             if delivery.topic not in known:
                 known[delivery.topic] = await self.db.read(devices.by_mqtt_topic, delivery.topic)

@@ -16,6 +16,9 @@ message for the command line) and `StorageFailures` logs it: one line per
 kind of failure per minute, no traceback, and one line when writes succeed
 again. Any other exception is a bug and goes up untouched.
 `Database.can_store` is the readiness probe: a real one-row write.
+
+`open_database(settings.storage)` opens the engine `storage.url` names: this
+file's SQLite, or PostgreSQL (tracker/store/postgres.py, the same doors).
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from typing import ParamSpec, TypeVar
 
 import trio
 
+from tracker.config import StorageSettings
 from tracker.errors import StorageUnavailable
 from tracker.store import schema
 
@@ -117,8 +121,11 @@ def _connect(path: str, synchronous: str) -> sqlite3.Connection:
 class Database:
     """A SQLite file with its schema applied, a writer and a pool of readers."""
 
+    dialect = "sqlite"
+
     def __init__(self, path: str | Path, synchronous: str = "normal"):
         self.path = str(path)
+        self.name = self.path  # where the data lives, for messages
         self.synchronous = synchronous
         self.failures = StorageFailures()
         self._sync_lock = threading.Lock()
@@ -215,6 +222,15 @@ class Database:
             return await self.read(_answer)
         except (sqlite3.Error, StorageUnavailable):
             return False
+
+
+def open_database(storage: StorageSettings) -> Database:
+    """The database storage.url names (PostgreSQL: tracker/store/postgres.py), else the file."""
+    if storage.engine == "postgresql":
+        from tracker.store.postgres import PostgresDatabase  # psycopg only when used
+
+        return PostgresDatabase(storage.url)
+    return Database(storage.sqlite_path, storage.synchronous)
 
 
 def _answer(conn: sqlite3.Connection) -> bool:

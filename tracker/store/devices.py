@@ -7,23 +7,13 @@ import secrets
 import sqlite3
 import time
 import uuid
-from dataclasses import dataclass, field
 
 from tracker import jsoncodec
+from tracker.domain import Device
 from tracker.models import Position
-from tracker.store import positions
+from tracker.store import pg_schema, positions
 
 INGEST_KEY_BYTES = 24  # 192 bits, shown once, stored as a SHA-256 hash
-
-
-@dataclass(frozen=True)
-class Device:
-    token: str
-    instance_id: str
-    profile: dict[str, str] = field(default_factory=dict)
-    display_field: str = "full_name"
-    created_at: float = 0.0
-    mqtt_topic: str | None = None  # where its OwnTracks app publishes over MQTT, if it does
 
 
 class DuplicateDevice(Exception):
@@ -111,6 +101,23 @@ def register_with_key(conn: sqlite3.Connection, instance_id: str, key: str) -> D
     return device
 
 
+def lock_for_ingest(conn: sqlite3.Connection, tokens: list[str]) -> None:
+    """Make other processes' ingest of these devices wait until this transaction ends.
+
+    SQLite's writer already holds the whole database (BEGIN IMMEDIATE). On
+    PostgreSQL, one transaction-scoped advisory lock per device, taken in
+    sorted order so two processes never wait on each other in a cycle, before
+    anything of the device is read: two processes ingesting one device never
+    split or double a trip, and a duplicate is always seen.
+    """
+    if not _is_postgresql(conn):
+        return
+    for token in sorted(set(tokens)):
+        conn.execute(
+            "SELECT pg_advisory_xact_lock(?, hashtext(?))", (pg_schema.DEVICE_LOCK_CLASS, token)
+        )
+
+
 def get(conn: sqlite3.Connection, token: str) -> Device | None:
     row = conn.execute(f"SELECT {_COLUMNS} FROM devices WHERE token = ?", (token,)).fetchone()
     return _device(row) if row else None
@@ -186,13 +193,33 @@ def list_for_instance(
     return [_device(row) for row in rows], total
 
 
-def _display_name_sql() -> str:
+_FALLBACK_FIELDS = ("full_name", "nickname", "email", "client_id")
+
+
+def _is_postgresql(conn) -> bool:
+    return getattr(conn, "dialect", "sqlite") == "postgresql"
+
+
+def _display_name_sql(postgresql: bool = False) -> str:
     """tracker.profiles.display_value in SQL: the chosen field, the fallbacks, the token."""
-    fields = ["'$.' || display_field"] + [
-        f"'$.{name}'" for name in ("full_name", "nickname", "email", "client_id")
-    ]
-    choices = ", ".join(f"nullif(trim(json_extract(profile, {path})), '')" for path in fields)
+    if postgresql:  # the profile is JSON text; ->> reads a top-level field as text
+        values = ["profile::jsonb ->> display_field"] + [
+            f"profile::jsonb ->> '{name}'" for name in _FALLBACK_FIELDS
+        ]
+    else:
+        values = [
+            f"json_extract(profile, {path})"
+            for path in ["'$.' || display_field"] + [f"'$.{name}'" for name in _FALLBACK_FIELDS]
+        ]
+    choices = ", ".join(f"nullif(trim({value}), '')" for value in values)
     return f"coalesce({choices}, token)"
+
+
+def _json_array_sql(conn) -> str:
+    """The values of a JSON array parameter, as a table of one column `value`."""
+    if _is_postgresql(conn):
+        return "SELECT value FROM jsonb_array_elements_text(?::jsonb)"
+    return "SELECT value FROM json_each(?)"
 
 
 def search(
@@ -202,17 +229,22 @@ def search(
 
     `q` keeps the devices whose token or display name contains it (any case).
     """
-    name = _display_name_sql()
+    postgresql = _is_postgresql(conn)
+    name = _display_name_sql(postgresql)
     where = "instance_id = ?"
     params: list[object] = [instance_id]
     if q:
         pattern = "%" + q.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
-        where += f" AND (token LIKE ? ESCAPE '\\' OR {name} LIKE ? ESCAPE '\\')"
+        like = "ILIKE" if postgresql else "LIKE"  # SQLite's LIKE ignores (ASCII) case
+        where += f" AND (token {like} ? ESCAPE '\\' OR {name} {like} ? ESCAPE '\\')"
         params += [pattern, pattern]
+    # SQLite compares text by its bytes; a PostgreSQL database may sort by a locale
+    order = (
+        f'lower({name}) COLLATE "C", token COLLATE "C"' if postgresql else f"lower({name}), token"
+    )
     total = conn.execute(f"SELECT count(*) FROM devices WHERE {where}", params).fetchone()[0]
     rows = conn.execute(
-        f"SELECT {_COLUMNS} FROM devices WHERE {where} ORDER BY lower({name}), token"
-        " LIMIT ? OFFSET ?",
+        f"SELECT {_COLUMNS} FROM devices WHERE {where} ORDER BY {order} LIMIT ? OFFSET ?",
         [*params, limit, offset],
     ).fetchall()
     return [(device, positions.latest(conn, device.token)) for device in map(_device, rows)], total
@@ -230,7 +262,7 @@ def in_instance(conn: sqlite3.Connection, instance_id: str, tokens: list[str]) -
     """The devices among `tokens` that belong to the instance, by token (others are left out)."""
     rows = conn.execute(
         f"SELECT {_COLUMNS} FROM devices WHERE instance_id = ?"
-        " AND token IN (SELECT value FROM json_each(?))",
+        f" AND token IN ({_json_array_sql(conn)})",
         (instance_id, jsoncodec.dumps(tokens).decode()),
     ).fetchall()
     return {row["token"]: _device(row) for row in rows}
@@ -273,7 +305,7 @@ def set_profiles(
         [(jsoncodec.dumps(profile).decode(), token) for token, profile in profiles.items()],
     )
     rows = conn.execute(
-        f"SELECT {_COLUMNS} FROM devices WHERE token IN (SELECT value FROM json_each(?))",
+        f"SELECT {_COLUMNS} FROM devices WHERE token IN ({_json_array_sql(conn)})",
         (jsoncodec.dumps(list(profiles)).decode(),),
     ).fetchall()
     return {row["token"]: _device(row) for row in rows}

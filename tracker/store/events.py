@@ -3,21 +3,10 @@
 from __future__ import annotations
 
 import sqlite3
-from dataclasses import dataclass
 
 from tracker import jsoncodec
-
-
-@dataclass(frozen=True)
-class StoredEvent:
-    seq: int  # the outbox order
-    id: str
-    instance_id: str
-    type: str
-    created_at: float
-    data: dict
-    webhook_id: str | None = None  # set: for that webhook only (a test event)
-
+from tracker.domain import StoredEvent
+from tracker.store import pg_schema
 
 _COLUMNS = "seq, id, instance_id, type, created_at, data, webhook_id"
 
@@ -37,9 +26,15 @@ def append(
     data: dict,
     webhook_id: str | None = None,
 ) -> int:
-    cursor = conn.execute(
+    if getattr(conn, "dialect", "sqlite") == "postgresql":
+        # Readers follow the outbox by seq (webhooks' cursors): several processes must
+        # commit its rows in seq order, so appends take turns until each one commits.
+        conn.execute(
+            "SELECT pg_advisory_xact_lock(?, ?)", (pg_schema.LOCK_CLASS, pg_schema.EVENTS_LOCK)
+        )
+    return conn.execute(
         "INSERT INTO events (id, instance_id, type, created_at, data, webhook_id)"
-        " VALUES (?, ?, ?, ?, ?, ?)",
+        " VALUES (?, ?, ?, ?, ?, ?) RETURNING seq",
         (
             event_id,
             instance_id,
@@ -48,8 +43,7 @@ def append(
             jsoncodec.dumps(data).decode(),
             webhook_id,
         ),
-    )
-    return cursor.lastrowid
+    ).fetchone()[0]
 
 
 def last_seq(conn: sqlite3.Connection) -> int:
@@ -80,6 +74,12 @@ def recent(conn: sqlite3.Connection, instance_id: str, limit: int) -> list[Store
 
 
 def watermark(conn: sqlite3.Connection, name: str) -> float | None:
+    """Where a sweeper looked up to; on PostgreSQL, held until the transaction ends (the
+    sweeper reads and moves it in one write, as SQLite's BEGIN IMMEDIATE serializes)."""
+    if getattr(conn, "dialect", "sqlite") == "postgresql":
+        conn.execute(
+            "SELECT pg_advisory_xact_lock(?, ?)", (pg_schema.LOCK_CLASS, pg_schema.WATERMARKS_LOCK)
+        )
     row = conn.execute("SELECT until FROM event_watermarks WHERE name = ?", (name,)).fetchone()
     return row[0] if row else None
 

@@ -3,21 +3,11 @@
 from __future__ import annotations
 
 import sqlite3
-from dataclasses import dataclass
 
 from tracker import jsoncodec
+from tracker.domain import StoredGeofence
 
 _COLUMNS = "id, instance_id, name, shape, device_tokens, created_at"
-
-
-@dataclass(frozen=True)
-class StoredGeofence:
-    id: str
-    instance_id: str
-    name: str
-    shape: dict  # {"circle": {latitude, longitude, radius_m}} or {"polygon": GeoJSON Polygon}
-    device_tokens: list[str] | None  # None: every device of the instance
-    created_at: float
 
 
 def _geofence(row: sqlite3.Row) -> StoredGeofence:
@@ -96,8 +86,8 @@ def set_inside(
 ) -> None:
     if is_inside:
         conn.execute(
-            "INSERT OR REPLACE INTO geofence_presence (device_token, geofence_id, since)"
-            " VALUES (?, ?, ?)",
+            "INSERT INTO geofence_presence (device_token, geofence_id, since) VALUES (?, ?, ?)"
+            " ON CONFLICT (device_token, geofence_id) DO UPDATE SET since = excluded.since",
             (device_token, fence_id, now),
         )
     else:
@@ -105,3 +95,8 @@ def set_inside(
             "DELETE FROM geofence_presence WHERE device_token = ? AND geofence_id = ?",
             (device_token, fence_id),
         )
+
+
+def generation(conn: sqlite3.Connection) -> int:
+    """Moves with every change to any geofence, by any process (migration m011)."""
+    return conn.execute("SELECT generation FROM geofence_generation").fetchone()[0]

@@ -34,9 +34,9 @@ import sqlite3
 from collections.abc import Callable
 from typing import TypeVar
 
+from tracker.domain import Device, DeviceFix
 from tracker.models import Position
 from tracker.store import devices, positions
-from tracker.store.devices import Device
 
 T = TypeVar("T")
 
@@ -99,7 +99,7 @@ class HotReads:
         except sqlite3.Error:
             return None
 
-    def instance_fixes(self, instance_id: str) -> list[positions.DeviceFix] | None:
+    def instance_fixes(self, instance_id: str) -> list[DeviceFix] | None:
         """Every device of the instance with a live position, read now; None when SQLite fails."""
         if self._conn is None:
             return None

@@ -5,14 +5,8 @@ from __future__ import annotations
 import sqlite3
 import time
 import uuid
-from dataclasses import dataclass
 
-
-@dataclass(frozen=True)
-class Instance:
-    id: str
-    name: str
-    created_at: float
+from tracker.domain import Instance
 
 
 def create(conn: sqlite3.Connection, name: str, instance_id: str | None = None) -> Instance:

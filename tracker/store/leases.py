@@ -10,14 +10,8 @@ holds it. The statements are plain SQL that SQLite and PostgreSQL both accept
 from __future__ import annotations
 
 import sqlite3
-from dataclasses import dataclass
 
-
-@dataclass(frozen=True)
-class Lease:
-    name: str
-    holder: str  # "host:pid:random" of the process holding it
-    expires_at: float
+from tracker.domain import Lease
 
 
 def acquire(

@@ -12,33 +12,21 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Iterable
-from dataclasses import dataclass
 
 from tracker import jsoncodec
+from tracker.domain import DeviceFix
 from tracker.models import Position
 from tracker.trips import Trip
 
 _INSERT = (
-    "INSERT OR IGNORE INTO positions (device_token, track_token, ts, lat, lon, speed, heading,"
+    "INSERT INTO positions (device_token, track_token, ts, lat, lon, speed, heading,"
     " accuracy, altitude, battery, valid, attributes, received_at)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING"
 )
 _TIMESTAMPS_PER_QUERY = 500  # well under SQLite's bound-parameter limit
 _COLUMNS = (
     "ts, lat, lon, speed, heading, accuracy, altitude, battery, valid, attributes, track_token"
 )
-
-
-@dataclass(frozen=True)
-class DeviceFix:
-    """A device's latest fix with what a live message needs to name the device."""
-
-    device_token: str
-    instance_id: str
-    profile: dict
-    display_field: str
-    position: Position
-    track_token: str
 
 
 def _position(row: sqlite3.Row) -> Position:
@@ -239,13 +227,14 @@ def trip_window_page(
 
 def prune(conn: sqlite3.Connection, before: float, limit: int) -> int:
     """Delete up to `limit` positions older than `before` (never a device's latest)."""
-    # Device by device (CROSS JOIN keeps devices first), through UNIQUE(device_token, ts):
-    # one seek for a device with nothing to prune. There is no index on ts alone: every
-    # insert would pay for it.
+    # Device by device (SQLite's CROSS JOIN keeps devices first), through
+    # UNIQUE(device_token, ts): one seek for a device with nothing to prune. There is no
+    # index on ts alone: every insert would pay for it. PostgreSQL plans joins itself.
+    join = "JOIN" if getattr(conn, "dialect", "sqlite") == "postgresql" else "CROSS JOIN"
     return conn.execute(
-        "DELETE FROM positions WHERE id IN (SELECT p.id FROM devices d CROSS"
-        " JOIN positions p ON p.device_token = d.token AND p.ts < ?"
-        " WHERE p.id IS NOT d.last_position_id LIMIT ?)",
+        f"DELETE FROM positions WHERE id IN (SELECT p.id FROM devices d {join}"
+        " positions p ON p.device_token = d.token AND p.ts < ?"
+        " WHERE (d.last_position_id IS NULL OR p.id <> d.last_position_id) LIMIT ?)",
         (before, limit),
     ).rowcount
 

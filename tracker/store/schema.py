@@ -282,6 +282,21 @@ def m010_leases(db: sqlite_utils.Database) -> None:
     )
 
 
+@migrations()
+def m011_geofence_generation(db: sqlite_utils.Database) -> None:
+    # Bumped by every change to a geofence, whichever process makes it: the writer's
+    # index of fences (tracker/geofences.py) reads it once per commit and reloads the
+    # fences when it moved, so a fence changed through another process counts at once.
+    db.execute(
+        "CREATE TABLE geofence_generation"
+        " (id INTEGER PRIMARY KEY CHECK (id = 1), generation INTEGER NOT NULL)"
+    )
+    db.execute("INSERT INTO geofence_generation (id, generation) VALUES (1, 0)")
+    bump = "BEGIN UPDATE geofence_generation SET generation = generation + 1; END"
+    for event, name in (("INSERT", "inserted"), ("UPDATE", "updated"), ("DELETE", "deleted")):
+        db.execute(f"CREATE TRIGGER geofences_{name} AFTER {event} ON geofences {bump}")
+
+
 def migrate(conn: sqlite3.Connection) -> None:
     """Apply every pending migration to the database behind conn."""
     migrations.apply(sqlite_utils.Database(conn))

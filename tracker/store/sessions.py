@@ -4,35 +4,14 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 
 from tracker import jsoncodec
-
-ACTIVE, COMPLETED, CANCELLED, EXPIRED = "active", "completed", "cancelled", "expired"
-STATUSES = (ACTIVE, COMPLETED, CANCELLED, EXPIRED)
+from tracker.domain import ACTIVE, EXPIRED, ShareSession
 
 _COLUMNS = (
     "id, token_hash, instance_id, device_token, status, end_reason, created_at, expires_at,"
     " ended_at, recipient_name, notes, order_id, destination, share_config"
 )
-
-
-@dataclass(frozen=True)
-class ShareSession:
-    id: str
-    token_hash: str
-    instance_id: str
-    device_token: str
-    status: str  # as stored; sharing.effective_status() also knows overdue sessions
-    end_reason: str | None
-    created_at: float
-    expires_at: float
-    ended_at: float | None
-    recipient_name: str | None = None
-    notes: str | None = None
-    order_id: str | None = None
-    destination: dict | None = None
-    share_config: dict = field(default_factory=dict)
 
 
 def _session(row: sqlite3.Row) -> ShareSession:

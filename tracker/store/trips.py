@@ -80,9 +80,20 @@ def latest(conn: sqlite3.Connection, device_token: str) -> Trip | None:
     return _trip(row) if row else None
 
 
+_SAVE = (
+    f"INSERT INTO trips ({_COLUMNS}) VALUES ({', '.join('?' * 13)})"
+    " ON CONFLICT (device_token, track_token) DO UPDATE SET "
+    + ", ".join(
+        f"{name} = excluded.{name}"
+        for name in (column.strip() for column in _COLUMNS.split(","))
+        if name not in ("device_token", "track_token")
+    )
+)
+
+
 def save(conn: sqlite3.Connection, trips: Iterable[Trip]) -> None:
     conn.executemany(
-        f"INSERT OR REPLACE INTO trips ({_COLUMNS}) VALUES ({', '.join('?' * 13)})",
+        _SAVE,
         [
             (
                 t.device_token,

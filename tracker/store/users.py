@@ -10,17 +10,8 @@ from __future__ import annotations
 import sqlite3
 import time
 import uuid
-from dataclasses import dataclass
 
-
-@dataclass(frozen=True)
-class User:
-    id: str
-    username: str
-    instance_id: str | None  # None: every instance
-    role: str
-    password_hash: str
-    created_at: float
+from tracker.domain import User
 
 
 class DuplicateUser(Exception):
@@ -44,28 +35,39 @@ def create(
     return user
 
 
+def _named(conn: sqlite3.Connection) -> str:
+    """The condition "username is ? in any case": SQLite's column is COLLATE NOCASE; on
+    PostgreSQL a unique index on lower(username) (tracker/store/pg_schema.py) serves it."""
+    if getattr(conn, "dialect", "sqlite") == "postgresql":
+        return "lower(username) = lower(?)"
+    return "username = ?"
+
+
 def by_username(conn: sqlite3.Connection, username: str) -> User | None:
-    row = conn.execute(f"SELECT {_COLUMNS} FROM users WHERE username = ?", (username,)).fetchone()
+    row = conn.execute(f"SELECT {_COLUMNS} FROM users WHERE {_named(conn)}", (username,)).fetchone()
     return User(**dict(row)) if row else None
 
 
 def listed(conn: sqlite3.Connection, instance_id: str | None = None) -> list[User]:
     """Every user, or those of one instance, by username."""
+    order = "username"
+    if getattr(conn, "dialect", "sqlite") == "postgresql":
+        order = 'lower(username) COLLATE "C", username COLLATE "C"'
     if instance_id is None:
-        rows = conn.execute(f"SELECT {_COLUMNS} FROM users ORDER BY username").fetchall()
+        rows = conn.execute(f"SELECT {_COLUMNS} FROM users ORDER BY {order}").fetchall()
     else:
         rows = conn.execute(
-            f"SELECT {_COLUMNS} FROM users WHERE instance_id = ? ORDER BY username", (instance_id,)
+            f"SELECT {_COLUMNS} FROM users WHERE instance_id = ? ORDER BY {order}", (instance_id,)
         ).fetchall()
     return [User(**dict(row)) for row in rows]
 
 
 def delete(conn: sqlite3.Connection, username: str) -> bool:
-    return conn.execute("DELETE FROM users WHERE username = ?", (username,)).rowcount > 0
+    return conn.execute(f"DELETE FROM users WHERE {_named(conn)}", (username,)).rowcount > 0
 
 
 def set_password_hash(conn: sqlite3.Connection, username: str, password_hash: str) -> bool:
     cursor = conn.execute(
-        "UPDATE users SET password_hash = ? WHERE username = ?", (password_hash, username)
+        f"UPDATE users SET password_hash = ? WHERE {_named(conn)}", (password_hash, username)
     )
     return cursor.rowcount > 0

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import sqlite3
-from dataclasses import dataclass
 
 from tracker import jsoncodec
+from tracker.domain import Delivery, Webhook
 
 DELIVERY_LOG_KEPT = 500  # attempts kept per webhook (older ones are dropped)
 
@@ -13,36 +13,6 @@ _COLUMNS = (
     "id, instance_id, url, event_types, enabled, disabled_reason, secret, description,"
     " created_at, cursor, failing_since, next_attempt_at"
 )
-
-
-@dataclass(frozen=True)
-class Webhook:
-    id: str
-    instance_id: str
-    url: str
-    event_types: list[str]
-    enabled: bool
-    disabled_reason: str | None
-    secret: str
-    description: str | None
-    created_at: float
-    cursor: int  # the outbox seq of the last event done with (delivered or given up)
-    failing_since: float | None  # the first failed attempt at the current event
-    next_attempt_at: float | None
-
-
-@dataclass(frozen=True)
-class Delivery:
-    id: int
-    webhook_id: str
-    event_id: str
-    event_type: str
-    attempt: int
-    attempted_at: float
-    duration_ms: float
-    status_code: int | None
-    error: str | None
-    outcome: str  # delivered, retrying, failed (not retried), disabled
 
 
 def _webhook(row: sqlite3.Row) -> Webhook:
@@ -118,9 +88,9 @@ def delete(conn: sqlite3.Connection, webhook_id: str) -> bool:
 def advance(conn: sqlite3.Connection, webhook_id: str, cursor: int) -> None:
     """Done with the event at `cursor`: the next one is tried at once."""
     conn.execute(
-        "UPDATE webhooks SET cursor = max(cursor, ?), failing_since = NULL,"
-        " next_attempt_at = NULL WHERE id = ?",
-        (cursor, webhook_id),
+        "UPDATE webhooks SET cursor = CASE WHEN cursor > ? THEN cursor ELSE ? END,"
+        " failing_since = NULL, next_attempt_at = NULL WHERE id = ?",
+        (cursor, cursor, webhook_id),
     )
 
 
