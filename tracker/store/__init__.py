@@ -140,9 +140,12 @@ class Database:
         self._probed_at = -PROBE_CACHE_SECONDS
         self._probe_ok = True
 
-    def _unavailable(self, error: sqlite3.Error) -> BaseException:
+    # Why this engine's error means "cannot now" (None: a bug, not the database).
+    _reason = staticmethod(unavailable_reason)
+
+    def _unavailable(self, error: Exception) -> BaseException:
         """The StorageUnavailable for a "cannot now" error (logged), else the error itself."""
-        reason = unavailable_reason(error)
+        reason = self._reason(error)
         if reason is None:
             return error
         self.failures.failed(reason, error)

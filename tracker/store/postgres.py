@@ -41,7 +41,6 @@ import trio
 from psycopg import errors as pg_errors
 
 from tracker.config import redacted_url
-from tracker.errors import StorageUnavailable
 from tracker.store import (
     BUSY_TIMEOUT_MS,
     PROBE_CACHE_SECONDS,
@@ -180,6 +179,7 @@ class PostgresDatabase(Database):
     """A PostgreSQL database with its schema applied, one writer connection and reader pool."""
 
     dialect = "postgresql"
+    _reason = staticmethod(unavailable_reason)  # SQLSTATEs (this module), not SQLite's codes
 
     def __init__(self, url: str):
         self.url = url
@@ -220,13 +220,6 @@ class PostgresDatabase(Database):
         )
         pool.open(wait=True, timeout=CONNECT_TIMEOUT_SECONDS)
         return pool
-
-    def _unavailable(self, error: Exception) -> BaseException:
-        reason = unavailable_reason(error)
-        if reason is None:
-            return error
-        self.failures.failed(reason, error)
-        return StorageUnavailable(reason)
 
     def close(self) -> None:
         for pool in (self._writer_pool, self._reader_pool):
