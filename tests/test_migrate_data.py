@@ -133,14 +133,14 @@ def test_a_sqlite_installation_moves_to_postgresql_and_answers_the_same(tmp_path
     finally:
         assert old.stop(signal.SIGTERM) == 0
 
-    moved = run_cli(
-        old,
+    migrate = (
         "migrate-data",
         "--from",
         f"sqlite:///{old.workdir / 'tracker.db'}",
         "--to",
         postgres_url,
     )
+    moved = run_cli(old, *migrate)
     assert moved.returncode == 0, moved.stderr
     assert "positions: 20 rows" in moved.stdout
     assert moved.stdout.strip().endswith("every table's count checked")
@@ -170,14 +170,7 @@ def test_a_sqlite_installation_moves_to_postgresql_and_answers_the_same(tmp_path
     finally:
         assert new.stop(signal.SIGTERM) == 0
 
-    again = run_cli(
-        old,
-        "migrate-data",
-        "--from",
-        f"sqlite:///{old.workdir / 'tracker.db'}",
-        "--to",
-        postgres_url,
-    )
+    again = run_cli(old, *migrate)  # the same again: the target is no longer empty
     assert again.returncode == 2
     assert "the target already holds data (1 instance(s))" in again.stderr
     assert "password" not in again.stderr.split("tracker:", 1)[1].split("(", 1)[0]
