@@ -47,16 +47,15 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import functools
 import json
 import multiprocessing
 import os
-import pwd
 import shutil
 import signal
 import sqlite3
 import subprocess
 import sys
-import tempfile
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -64,6 +63,8 @@ from importlib.metadata import version
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+# tests/engines.py starts the engines; appended, so PYTHONPATH still picks the tracker measured.
+sys.path.append(str(Path(__file__).resolve().parent.parent))
 
 # The harness pieces every benchmark shares live in fanout.py.
 import contextlib
@@ -101,85 +102,25 @@ from fanout import (  # noqa: E402
     split_cpus,
     spread_sources,
     step,
-    tail,
     versions,
     wait_http_ok,
     wrk_version,
 )
 
-REDIS_SERVER = "/usr/bin/redis-server"
-POSTGRES_USER = "postgres"
-START_SECONDS = 60
+from tests.engines import REDIS_SERVER, PostgresServer, RedisServer, postgres_bin_dir  # noqa: E402
+
 STORAGES = ("sqlite", "postgresql")
 
 
-# -- the engines: Redis and PostgreSQL as child processes ------------------------------
+# -- the engines: tests/engines.py's Redis and PostgreSQL, pinned, as the bench's children ----
 
 
-def wait_until(answers, process: subprocess.Popen, log: Path, what: str) -> None:
-    deadline = time.monotonic() + START_SECONDS
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"{what} exited at start:\n{tail(log)}")
-        if answers():
-            return
-        time.sleep(0.05)
-    raise RuntimeError(f"{what} did not answer within {START_SECONDS} s:\n{tail(log)}")
-
-
-class RedisEngine:
-    """redis-server on a free loopback port, no persistence (as tests/engines.py's)."""
+class RedisEngine(RedisServer):
+    """redis-server on a free loopback port, no persistence, on the servers' core."""
 
     def __init__(self, workdir: Path, children: Children, cpus: set[int] | None):
-        self.workdir = workdir / "redis"
-        self.workdir.mkdir()
+        super().__init__(workdir / "redis", popen=functools.partial(children.popen, cpus=cpus))
         self.children = children
-        self.cpus = cpus
-        self.port = free_port()
-        self.process: subprocess.Popen | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        import redis
-
-        log = self.workdir / "redis.log"
-        self.process = self.children.popen(
-            [
-                REDIS_SERVER,
-                "--bind",
-                "127.0.0.1",
-                "--port",
-                str(self.port),
-                "--dir",
-                str(self.workdir),
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--daemonize",
-                "no",
-                "--logfile",
-                str(log),
-            ],  # fmt: skip
-            cpus=self.cpus,
-            cwd=self.workdir,
-            stdout=subprocess.DEVNULL,
-        )
-        client = redis.Redis(host="127.0.0.1", port=self.port, socket_connect_timeout=1)
-
-        def answers() -> bool:
-            try:
-                return bool(client.ping())
-            except redis.ConnectionError:
-                return False
-
-        try:
-            wait_until(answers, self.process, log, "redis-server")
-        finally:
-            client.close()
 
     def pids(self) -> list[int]:
         return [self.process.pid] if self.process else []
@@ -189,125 +130,27 @@ class RedisEngine:
             self.children.stop(self.process)
 
 
-def postgres_bin_dir() -> str | None:
-    """The newest /usr/lib/postgresql/N/bin that has a server."""
-    found = sorted(
-        Path("/usr/lib/postgresql").glob("*/bin/postgres"),
-        key=lambda p: int(p.parts[-3]) if p.parts[-3].isdigit() else 0,
-    )
-    return str(found[-1].parent) if found else None
-
-
-class PostgresEngine:
-    """A throwaway PostgreSQL cluster (initdb + postgres, trust auth on loopback, fsync
-    off), as tests/engines.py's PostgresServer; as the postgres user when run as root."""
+class PostgresEngine(PostgresServer):
+    """A throwaway PostgreSQL cluster on the servers' core, room for every process's pool;
+    in a temp dir of its own (the bench's is closed to the postgres user)."""
 
     def __init__(self, children: Children, cpus: set[int] | None):
-        bin_dir = postgres_bin_dir()
-        if bin_dir is None:
-            raise RuntimeError("--storage postgresql needs Debian's postgresql package")
-        self.bin_dir = Path(bin_dir)
+        super().__init__(
+            popen=functools.partial(children.popen, cpus=cpus), settings=("max_connections=200",)
+        )
         self.children = children
-        self.cpus = cpus
-        # Its own temp dir: the bench's is closed to the postgres user.
-        self.workdir = Path(tempfile.mkdtemp(prefix="tracker-bench-postgres-"))
-        self.as_root = os.geteuid() == 0
-        if self.as_root:
-            owner = pwd.getpwnam(POSTGRES_USER)
-            os.chown(self.workdir, owner.pw_uid, owner.pw_gid)
-        self.port = free_port()
-        self.process: subprocess.Popen | None = None
-
-    def url(self, database: str = "postgres") -> str:
-        return f"postgresql://{POSTGRES_USER}@127.0.0.1:{self.port}/{database}"
-
-    def as_owner(self) -> dict:
-        if not self.as_root:
-            return {}
-        return {"user": POSTGRES_USER, "group": POSTGRES_USER, "extra_groups": []}
-
-    def start(self) -> None:
-        import psycopg
-
-        log = self.workdir / "postgres.log"
-        data = self.workdir / "data"
-        with open(log, "ab") as out:
-            subprocess.run(
-                [
-                    str(self.bin_dir / "initdb"),
-                    "--pgdata",
-                    str(data),
-                    "--username",
-                    POSTGRES_USER,
-                    "--auth",
-                    "trust",
-                    "--encoding",
-                    "UTF8",
-                    "--locale",
-                    "C.UTF-8",
-                    "--no-sync",
-                ],  # fmt: skip
-                cwd=self.workdir,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                check=True,
-                timeout=120,
-                **self.as_owner(),
-            )
-            self.process = self.children.popen(
-                [
-                    str(self.bin_dir / "postgres"),
-                    "-D",
-                    str(data),
-                    "-h",
-                    "127.0.0.1",
-                    "-p",
-                    str(self.port),
-                    "-k",
-                    str(self.workdir),
-                    "-c",
-                    "fsync=off",  # a throwaway cluster
-                    "-c",
-                    "max_connections=200",
-                ],  # fmt: skip
-                cpus=self.cpus,
-                cwd=self.workdir,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                **self.as_owner(),
-            )
-
-        def answers() -> bool:
-            try:
-                with psycopg.connect(self.url(), connect_timeout=1):
-                    return True
-            except psycopg.OperationalError:
-                return False
-
-        wait_until(answers, self.process, log, "postgres")
-
-    def create_database(self, name: str) -> str:
-        import psycopg
-
-        with psycopg.connect(self.url(), autocommit=True) as conn:
-            conn.execute(f'CREATE DATABASE "{name}"')
-        return self.url(name)
 
     def pids(self) -> list[int]:
         return process_tree(self.process.pid) if self.process else []
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGINT)  # fast shutdown
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.process.wait(20)
+        if self.process is not None:
+            self.halt()  # fast shutdown
             self.children.stop(self.process)
         shutil.rmtree(self.workdir, ignore_errors=True)
 
     def version(self) -> str:
-        out = subprocess.run(
-            [str(self.bin_dir / "postgres"), "--version"], capture_output=True, text=True
-        )
+        out = subprocess.run([self.postgres, "--version"], capture_output=True, text=True)
         return out.stdout.strip().replace("postgres (PostgreSQL)", "PostgreSQL")
 
 

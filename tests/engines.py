@@ -9,6 +9,9 @@ in CI (env CI set) and skips it elsewhere, naming the Debian package.
 PostgreSQL refuses to run as root, and CI runs as root: then initdb and
 postgres run as the `postgres` user (the package creates it), in a temp dir
 owned by that user under /tmp (pytest's own tmp dirs are closed to others).
+
+bench/cluster.py starts its engines with these classes too, through its own
+`popen` (pinned to the server's core, stopped with the bench's children).
 """
 
 from __future__ import annotations
@@ -22,9 +25,8 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-
-import pytest
 
 REDIS_SERVER = "/usr/bin/redis-server"
 START_SECONDS = 30
@@ -34,6 +36,8 @@ def require(binary: str | None, package: str) -> str:
     """The binary's path; fail in CI when it is missing, skip elsewhere."""
     if binary and os.access(binary, os.X_OK):
         return binary
+    import pytest  # only here: the bench imports this module without pytest's fixtures
+
     message = f"needs {binary or package} (Debian's {package}; .ci/run installs it)"
     if os.environ.get("CI"):
         pytest.fail(message)
@@ -71,10 +75,11 @@ def _wait_until(answers, process: subprocess.Popen, log: Path, what: str) -> Non
 class RedisServer:
     """redis-server of the test's own, without persistence; restartable on the same port."""
 
-    def __init__(self, workdir: Path):
+    def __init__(self, workdir: Path, popen: Callable[..., subprocess.Popen] = subprocess.Popen):
         self.binary = require(REDIS_SERVER, "redis-server")
         self.workdir = workdir
         self.workdir.mkdir(parents=True, exist_ok=True)
+        self.popen = popen
         self.port = free_port()
         self.process: subprocess.Popen | None = None
 
@@ -96,7 +101,7 @@ class RedisServer:
             "--daemonize", "no",
             "--logfile", str(log),
         ]  # fmt: skip
-        self.process = subprocess.Popen(command, cwd=self.workdir, stdout=subprocess.DEVNULL)
+        self.process = self.popen(command, cwd=self.workdir, stdout=subprocess.DEVNULL)
         client = redis.Redis(host="127.0.0.1", port=self.port, socket_connect_timeout=1)
 
         def answers() -> bool:
@@ -122,11 +127,16 @@ def postgres_bin_dir() -> str | None:
 
 
 class PostgresServer:
-    """A PostgreSQL cluster of the test's own (initdb + postgres), trust auth on loopback."""
+    """A PostgreSQL cluster of the test's own (initdb + postgres), trust auth on loopback;
+    `settings` are more `-c name=value` for the server."""
 
     USER = "postgres"
 
-    def __init__(self) -> None:
+    def __init__(
+        self,
+        popen: Callable[..., subprocess.Popen] = subprocess.Popen,
+        settings: tuple[str, ...] = (),
+    ) -> None:
         bin_dir = postgres_bin_dir()
         self.postgres = require(bin_dir and f"{bin_dir}/postgres", "postgresql")
         self.initdb = require(bin_dir and f"{bin_dir}/initdb", "postgresql")
@@ -136,6 +146,8 @@ class PostgresServer:
             owner = pwd.getpwnam(self.USER)
             os.chown(self.workdir, owner.pw_uid, owner.pw_gid)
         self.data = self.workdir / "data"
+        self.popen = popen
+        self.settings = settings
         self.port = free_port()
         self.process: subprocess.Popen | None = None
 
@@ -181,7 +193,7 @@ class PostgresServer:
 
         log = self.workdir / "postgres.log"
         with open(log, "ab") as out:
-            self.process = subprocess.Popen(
+            self.process = self.popen(
                 [
                     self.postgres,
                     "-D",
@@ -194,6 +206,7 @@ class PostgresServer:
                     str(self.workdir),  # the unix socket stays in the temp dir
                     "-c",
                     "fsync=off",  # a test never outlives its machine's power
+                    *(arg for setting in self.settings for arg in ("-c", setting)),
                 ],  # fmt: skip
                 cwd=self.workdir,
                 stdout=out,
