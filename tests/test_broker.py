@@ -14,7 +14,15 @@ import pytest
 import redis
 import trio
 
-from tracker.broker import CHANNEL, RESYNC_TOPIC, RedisBroker, Resync, encode_fix
+from tracker.broker import (
+    CHANNEL,
+    RESYNC_TOPIC,
+    RedisBroker,
+    Resync,
+    encode_fix,
+    encode_publish,
+    encode_resync,
+)
 from tracker.domain import StoredEvent
 from tracker.events import OUTBOX_TOPIC
 from tracker.hub import Hub, LiveFix, Mailbox, events_topic, instance_topic, session_topic
@@ -131,6 +139,19 @@ async def test_a_process_delivers_its_own_fixes_at_once_and_never_twice(processe
     first.broker.publish_fix(live_fix("truck-2"))
     await take(other)  # truck-2 went through Redis after truck-1 did
     assert [fix.device_token for fix in await take(own)] == ["truck-2"]  # no echo of truck-1
+
+
+def test_a_process_knows_its_own_messages_by_their_first_bytes():
+    broker = RedisBroker("redis://127.0.0.1:6379/0", Hub())
+    own = [
+        encode_fix(broker.origin, live_fix()),
+        encode_publish(broker.origin, session_topic("s-1"), "s-1", SessionEnded("cancelled")),
+        encode_publish(broker.origin, OUTBOX_TOPIC, "nudge", None),
+        encode_resync(broker.origin),
+    ]
+    assert all(broker.is_own(message) for message in own)
+    others = [encode_fix("elsewhere", live_fix()), encode_resync(broker.origin[:-1])]
+    assert not any(broker.is_own(message) for message in others)
 
 
 async def test_a_message_this_version_cannot_read_is_skipped_and_the_stream_goes_on(
