@@ -76,6 +76,7 @@ from fanout import (  # noqa: E402
     C_WINDOW_START,
     CONNECT_TIMEOUT_SECONDS,
     DRAIN_SECONDS,
+    WRK_REPORT_LUA,
     Children,
     Collector,
     Device,
@@ -297,15 +298,6 @@ function request()
     '{"latitude":%%.6f,"longitude":%%.6f,"timestamp":%%.3f,"speed":12.5,"heading":90.0,"accuracy":5.0}',
     52.5 + counter * 1e-6, 13.4 + counter * 1e-6, base + counter * 0.001)
   return wrk.format("POST", path, headers, body)
-end
-
-function done(summary, latency, requests)
-  io.write(string.format(
-    'BENCH_JSON {"requests":%%d,"duration_us":%%d,"connect_errors":%%d,"read_errors":%%d,' ..
-    '"write_errors":%%d,"status_errors":%%d,"timeouts":%%d,"p50_us":%%d,"p99_us":%%d}\n',
-    summary.requests, summary.duration, summary.errors.connect, summary.errors.read,
-    summary.errors.write, summary.errors.status, summary.errors.timeout,
-    latency:percentile(50), latency:percentile(99)))
 end
 """
 
@@ -530,6 +522,7 @@ class ClusterBench:
                 "base": fleet.ingest_base,
                 "prefix": API_PREFIX,
             }
+            + WRK_REPORT_LUA
         )
         concurrency = self.args.concurrency
         argv = [

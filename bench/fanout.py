@@ -273,9 +273,22 @@ def children_cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+# The end of every wrk script the benches run: the line run_wrk_process reads.
+WRK_REPORT_LUA = r"""
+function done(summary, latency, requests)
+  io.write(string.format(
+    'BENCH_JSON {"requests":%d,"duration_us":%d,"connect_errors":%d,"read_errors":%d,' ..
+    '"write_errors":%d,"status_errors":%d,"timeouts":%d,"p50_us":%d,"p99_us":%d,"max_us":%d}\n',
+    summary.requests, summary.duration, summary.errors.connect, summary.errors.read,
+    summary.errors.write, summary.errors.status, summary.errors.timeout,
+    latency:percentile(50), latency:percentile(99), latency.max))
+end
+"""
+
+
 @dataclass
 class WrkRun:
-    """What one wrk run reported (its Lua script prints a `BENCH_JSON {...}` line)."""
+    """What one wrk run reported (its Lua script ends with WRK_REPORT_LUA)."""
 
     report: dict
     cpu_seconds: float  # wrk's own CPU

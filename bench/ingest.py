@@ -56,6 +56,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 # The harness pieces every benchmark shares live in fanout.py.
 from fanout import (  # noqa: E402
+    WRK_REPORT_LUA,
     Children,
     Device,
     KeepAliveClient,
@@ -263,15 +264,6 @@ function request()
   end
   return wrk.format("POST", path, headers, body)
 end
-
-function done(summary, latency, requests)
-  io.write(string.format(
-    'BENCH_JSON {"requests":%%d,"duration_us":%%d,"connect_errors":%%d,"read_errors":%%d,' ..
-    '"write_errors":%%d,"status_errors":%%d,"timeouts":%%d,"p50_us":%%d,"p99_us":%%d}\n',
-    summary.requests, summary.duration, summary.errors.connect, summary.errors.read,
-    summary.errors.write, summary.errors.status, summary.errors.timeout,
-    latency:percentile(50), latency:percentile(99)))
-end
 """
 
 
@@ -310,6 +302,7 @@ def run_wrk(
             "raw_path": json.dumps(RAW_ASGI_PATH) if raw else "nil",
             "prefix": API_PREFIX,
         }
+        + WRK_REPORT_LUA
     )
     argv = [
         shutil.which("wrk") or "wrk",
